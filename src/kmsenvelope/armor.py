@@ -1,0 +1,140 @@
+"""The compact encoding: ``kmsenv1.`` followed by the binary envelope in unpadded base64url.
+
+Streaming adapters let large envelopes be armored and de-armored in constant memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import BinaryIO
+
+from .errors import MalformedEnvelopeError
+from .header import COMPACT_PREFIX
+
+__all__ = ["ArmorReader", "ArmorWriter", "from_compact", "to_compact"]
+
+_WHITESPACE = b" \t\r\n"
+
+
+def to_compact(binary: bytes) -> bytes:
+    """ASCII compact form of a binary envelope."""
+    return COMPACT_PREFIX + base64.urlsafe_b64encode(binary).rstrip(b"=")
+
+
+def _b64decode(text: bytes) -> bytes:
+    pad = -len(text) % 4
+    if pad == 3:
+        raise MalformedEnvelopeError("compact envelope has an invalid length")
+    try:
+        return base64.b64decode(text + b"=" * pad, altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedEnvelopeError("compact envelope is not valid base64url") from None
+
+
+def from_compact(text: bytes | str) -> bytes:
+    """Binary envelope from its compact form (ASCII whitespace is ignored)."""
+    raw = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
+    raw = raw.translate(None, _WHITESPACE)
+    if not raw.startswith(COMPACT_PREFIX):
+        raise MalformedEnvelopeError("input is not a compact kmsenvelope envelope")
+    return _b64decode(raw[len(COMPACT_PREFIX) :])
+
+
+class ArmorWriter:
+    """Write-only file object: base64url-encodes everything written to it into ``dst``."""
+
+    def __init__(self, dst: BinaryIO) -> None:
+        self._dst = dst
+        self._pending = b""
+        dst.write(COMPACT_PREFIX)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        buf = self._pending + bytes(data)
+        cut = len(buf) - len(buf) % 3
+        if cut:
+            self._dst.write(base64.urlsafe_b64encode(buf[:cut]))
+        self._pending = buf[cut:]
+        return len(data)
+
+    def finish(self) -> None:
+        """Flush the final partial group (unpadded) and a newline."""
+        if self._pending:
+            self._dst.write(base64.urlsafe_b64encode(self._pending).rstrip(b"="))
+            self._pending = b""
+        self._dst.write(b"\n")
+
+
+class ArmorReader:
+    """Read-only file object yielding the binary envelope inside a compact stream.
+
+    ``src`` must be positioned just after the ``kmsenv1.`` prefix.
+    """
+
+    def __init__(self, src: BinaryIO, block: int = 1 << 20) -> None:
+        self._src = src
+        self._block = block - block % 4
+        self._text = b""
+        self._out = bytearray()
+        self._eof = False
+
+    def _fill(self, want: int) -> None:
+        while len(self._out) < want and not self._eof:
+            data = self._src.read(self._block)
+            if not data:
+                self._eof = True
+                if self._text:
+                    self._out += _b64decode(self._text)
+                    self._text = b""
+                break
+            self._text += data.translate(None, _WHITESPACE)
+            cut = len(self._text) - len(self._text) % 4
+            if cut:
+                self._out += _b64decode(self._text[:cut])
+                self._text = self._text[cut:]
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            self._fill(1 << 62)
+            n = len(self._out)
+        else:
+            self._fill(n)
+        data = bytes(self._out[:n])
+        del self._out[:n]
+        return data
+
+    def readinto(self, view: memoryview | bytearray) -> int:
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+class PrefixedReader:
+    """A reader that first returns ``head`` (bytes already consumed), then the rest of ``src``."""
+
+    def __init__(self, head: bytes, src: BinaryIO) -> None:
+        self._head = head
+        self._src = src
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0:
+                data, self._head = self._head + self._src.read(), b""
+                return data
+            data, self._head = self._head[:n], self._head[n:]
+            if len(data) < n:
+                data += self._src.read(n - len(data))
+            return data
+        return self._src.read(n)
+
+    def readinto(self, view: memoryview | bytearray) -> int:
+        if self._head:
+            data = self.read(len(view))
+            view[: len(data)] = data
+            return len(data)
+        readinto = getattr(self._src, "readinto", None)
+        if readinto is not None:
+            return int(readinto(view))
+        data = self._src.read(len(view))
+        view[: len(data)] = data
+        return len(data)

@@ -1,0 +1,420 @@
+"""The envelope engine: choose recipients, wrap a fresh data key, encrypt, and the reverse."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from .armor import ArmorReader, ArmorWriter, PrefixedReader, from_compact
+from .config import Config, load_config
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    KmsEnvelopeError,
+    MalformedEnvelopeError,
+    NoRecipientError,
+    ProviderError,
+    RecipientAttempt,
+)
+from .header import (
+    COMPACT_PREFIX,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_LIMITS,
+    DEK_SIZE,
+    MAGIC,
+    NONCE_SIZE,
+    Header,
+    Limits,
+    derive_keys,
+    new_header,
+    read_header,
+    validate_context,
+)
+from .kek import KeyEncryptionKey, WrappedKey, scheme_of
+from .plugins import ProviderRegistry
+from .stream import decrypt_payload, encrypt_payload, payload_length
+
+__all__ = ["Engine", "EnvelopeInfo", "Recipient"]
+
+Recipient = str | KeyEncryptionKey
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeInfo:
+    """What ``inspect`` can tell about an envelope without any key."""
+
+    format_version: int
+    encoding: str
+    chunk_size: int
+    context: Mapping[str, str]
+    recipients: tuple[WrappedKey, ...]
+    header_size: int
+    payload_length: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (wrapped key bytes are omitted: they are opaque)."""
+        return {
+            "format_version": self.format_version,
+            "encoding": self.encoding,
+            "chunk_size": self.chunk_size,
+            "header_size": self.header_size,
+            "payload_length": self.payload_length,
+            "context": dict(self.context),
+            "recipients": [
+                {
+                    "provider": r.provider,
+                    "key_id": r.key_id,
+                    "algorithm": r.algorithm,
+                    "params": dict(r.params),
+                    "wrapped_key_size": len(r.ciphertext),
+                }
+                for r in self.recipients
+            ],
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KmsEnvelopeError):
+        return str(exc)
+    return f"provider failed unexpectedly: {type(exc).__name__}: {exc}"
+
+
+class Engine:
+    """Encrypts and decrypts envelopes using a provider registry and a configuration.
+
+    ``keys`` are KEK objects tried before the registry when decrypting (useful for KEKs that
+    exist only in code). An ``Engine`` is thread-safe; opened KEKs are cached per URI.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: ProviderRegistry | None = None,
+        config: Config | None = None,
+        keys: Sequence[KeyEncryptionKey] = (),
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self._registry = registry
+        self._config = config
+        self._keys = tuple(keys)
+        self.limits = limits
+        self._cache: dict[str, KeyEncryptionKey] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> ProviderRegistry:
+        """The provider registry (loaded from entry points on first use if not given)."""
+        if self._registry is None:
+            self._registry = ProviderRegistry.load()
+        return self._registry
+
+    @property
+    def config(self) -> Config:
+        """The effective configuration (loaded on first use if not given)."""
+        if self._config is None:
+            self._config = load_config()
+        return self._config
+
+    # -- recipients -------------------------------------------------------------------------
+
+    def open_key(self, uri: str) -> KeyEncryptionKey:
+        """Open (or reuse) the KEK named by ``uri`` through its provider."""
+        with self._lock:
+            kek = self._cache.get(uri)
+        if kek is not None:
+            return kek
+        try:
+            scheme = scheme_of(uri)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        settings = self.config.provider_settings(scheme)
+        kek = self.registry.open(uri, settings)
+        with self._lock:
+            return self._cache.setdefault(uri, kek)
+
+    def _resolve(self, to: Iterable[Recipient] | None) -> list[KeyEncryptionKey]:
+        if to is None:
+            targets: list[Recipient] = list(self.config.recipients)
+            if not targets:
+                raise ConfigError(
+                    "no recipients: pass at least one key URI (--to) or set 'recipients' in the "
+                    "config file"
+                )
+        else:
+            if isinstance(to, str | bytes):
+                raise TypeError("'to' must be a list of key URIs or KEKs, not a single string")
+            targets = list(to)
+            if not targets:
+                raise ConfigError("no recipients: pass at least one key URI or KEK")
+        return [t if not isinstance(t, str) else self.open_key(t) for t in targets]
+
+    def _wrap_all(
+        self, keks: Sequence[KeyEncryptionKey], dek: bytes, context: Mapping[str, str]
+    ) -> list[WrappedKey]:
+        wrapped: list[WrappedKey] = []
+        for kek in keks:
+            try:
+                w = kek.wrap(dek, context)
+            except KmsEnvelopeError:
+                raise
+            except Exception as exc:
+                raise ProviderError(f"{kek.key_id}: wrap failed: {_describe(exc)}") from exc
+            if not isinstance(w, WrappedKey):
+                raise ProviderError(f"{kek.key_id}: wrap returned {type(w).__name__}, not WrappedKey")
+            try:
+                ok = scheme_of(w.key_id) == w.provider
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ProviderError(
+                    f"{kek.key_id}: wrap returned key id {w.key_id!r} that does not start with "
+                    f"its provider {w.provider!r}"
+                )
+            wrapped.append(w)
+        return wrapped
+
+    def _candidates(
+        self, recipient: WrappedKey, keys: Sequence[KeyEncryptionKey]
+    ) -> list[KeyEncryptionKey]:
+        supplied = [*keys, *self._keys]
+        exact = [k for k in supplied if k.key_id == recipient.key_id]
+        same_scheme = [
+            k for k in supplied if k not in exact and _scheme_or_none(k.key_id) == recipient.provider
+        ]
+        return exact + same_scheme
+
+    def _unwrap_dek(
+        self, header: Header, keys: Sequence[KeyEncryptionKey]
+    ) -> tuple[bytes, bytes]:
+        """Find a recipient that unwraps; return ``(payload_key, mac_key)`` after the MAC check."""
+        attempts: list[RecipientAttempt] = []
+        for recipient in header.recipients:
+            candidates = self._candidates(recipient, keys)
+            reasons: list[str] = []
+            if not candidates:
+                try:
+                    candidates = [self.open_key(recipient.key_id)]
+                except Exception as exc:  # unknown scheme, bad settings, plugin bug
+                    reasons.append(_describe(exc))
+            for kek in candidates:
+                try:
+                    dek = kek.unwrap(recipient, header.context)
+                except Exception as exc:
+                    reasons.append(_describe(exc))
+                    continue
+                if not isinstance(dek, bytes | bytearray) or len(dek) != DEK_SIZE:
+                    reasons.append("provider returned a data key of the wrong size")
+                    continue
+                payload_key, mac_key = derive_keys(bytes(dek), header.nonce)
+                if not header.verify_mac(mac_key):
+                    raise AuthenticationError()
+                return payload_key, mac_key
+            attempts.append(RecipientAttempt(recipient.key_id, "; ".join(reasons)))
+        raise NoRecipientError(attempts)
+
+    # -- encryption -------------------------------------------------------------------------
+
+    def _start(
+        self,
+        to: Iterable[Recipient] | None,
+        context: Mapping[str, str] | None,
+        chunk_size: int | None,
+    ) -> tuple[bytes, bytes]:
+        ctx = validate_context(context if context is not None else self.config.context)
+        keks = self._resolve(to)
+        dek = os.urandom(DEK_SIZE)
+        nonce = os.urandom(NONCE_SIZE)
+        return self._seal_header(keks, dek, nonce, ctx, chunk_size or DEFAULT_CHUNK_SIZE)
+
+    def _seal_header(
+        self,
+        keks: Sequence[KeyEncryptionKey],
+        dek: bytes,
+        nonce: bytes,
+        context: Mapping[str, str],
+        chunk_size: int,
+    ) -> tuple[bytes, bytes]:
+        """Return ``(header_bytes, payload_key)`` for a fresh envelope."""
+        wrapped = self._wrap_all(keks, dek, context)
+        header = new_header(chunk_size, nonce, context, wrapped)
+        payload_key, mac_key = derive_keys(dek, nonce)
+        return header.encode(mac_key), payload_key
+
+    def encrypt(
+        self,
+        data: bytes | bytearray | memoryview,
+        to: Iterable[Recipient] | None = None,
+        context: Mapping[str, str] | None = None,
+        *,
+        armor: bool = False,
+        chunk_size: int | None = None,
+    ) -> bytes:
+        """Encrypt ``data`` for every recipient in ``to``; return the envelope."""
+        out = io.BytesIO()
+        self.encrypt_stream(io.BytesIO(bytes(data)), out, to, context, armor=armor,
+                            chunk_size=chunk_size)
+        return out.getvalue()
+
+    def encrypt_stream(
+        self,
+        src: BinaryIO,
+        dst: BinaryIO,
+        to: Iterable[Recipient] | None = None,
+        context: Mapping[str, str] | None = None,
+        *,
+        armor: bool = False,
+        chunk_size: int | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Encrypt ``src`` into ``dst`` in constant memory; return the plaintext length."""
+        header, payload_key = self._start(to, context, chunk_size)
+        sink: Any = ArmorWriter(dst) if armor else dst
+        sink.write(header)
+        total = encrypt_payload(src, sink, payload_key, _chunk_of(header), progress)
+        if armor:
+            sink.finish()
+        return total
+
+    # -- decryption -------------------------------------------------------------------------
+
+    def _open_source(self, src: BinaryIO) -> tuple[BinaryIO, str]:
+        head = src.read(len(COMPACT_PREFIX))
+        if head.startswith(COMPACT_PREFIX):
+            return ArmorReader(src), "compact"  # type: ignore[return-value]
+        stripped = head.lstrip()
+        if stripped and COMPACT_PREFIX.startswith(stripped) and len(stripped) < len(head):
+            rest = src.read(len(COMPACT_PREFIX) - len(stripped))
+            if (stripped + rest).startswith(COMPACT_PREFIX):
+                return ArmorReader(src), "compact"  # type: ignore[return-value]
+            head = stripped + rest
+        return PrefixedReader(head, src), "binary"  # type: ignore[return-value]
+
+    def decrypt(
+        self,
+        blob: bytes | bytearray | memoryview | str,
+        context: Mapping[str, str] | None = None,
+        *,
+        keys: Sequence[KeyEncryptionKey] = (),
+    ) -> bytes:
+        """Authenticate and decrypt an envelope (binary or compact) held in memory."""
+        if isinstance(blob, str):
+            raw = from_compact(blob)
+        else:
+            raw = bytes(blob)
+            if raw.lstrip().startswith(COMPACT_PREFIX):
+                raw = from_compact(raw)
+        out = io.BytesIO()
+        self.decrypt_stream(io.BytesIO(raw), out, context, keys=keys)
+        return out.getvalue()
+
+    def decrypt_stream(
+        self,
+        src: BinaryIO,
+        dst: BinaryIO,
+        context: Mapping[str, str] | None = None,
+        *,
+        keys: Sequence[KeyEncryptionKey] = (),
+        progress: Progress | None = None,
+    ) -> int:
+        """Authenticate and decrypt ``src`` into ``dst`` chunk by chunk.
+
+        Only authenticated chunks are written, but on error ``dst`` may hold a prefix of the
+        plaintext: write to a temporary file and discard it on error (the CLI does).
+        """
+        reader, _ = self._open_source(src)
+        header, _size = read_header(reader, self.limits)
+        check_context(header.context, context)
+        payload_key, _mac_key = self._unwrap_dek(header, keys)
+        return decrypt_payload(reader, dst, payload_key, header.chunk_size, progress)
+
+    def inspect(self, blob_or_file: bytes | bytearray | memoryview | str | BinaryIO) -> EnvelopeInfo:
+        """Read an envelope's header without any key."""
+        return inspect_envelope(blob_or_file, self.limits)
+
+
+def _chunk_of(header_bytes: bytes) -> int:
+    return int.from_bytes(header_bytes[11:15], "big")
+
+
+def _scheme_or_none(uri: str) -> str | None:
+    try:
+        return scheme_of(uri)
+    except ValueError:
+        return None
+
+
+def check_context(envelope: Mapping[str, str], expected: Mapping[str, str] | None) -> None:
+    """Every key the caller expects must be in the envelope's context with the same value."""
+    if not expected:
+        return
+    for key, value in validate_context(expected).items():
+        actual = envelope.get(key)
+        if actual is None or not _equal(actual, value):
+            raise AuthenticationError(
+                f"envelope did not authenticate: encryption context key {key!r} does not match"
+            )
+
+
+def _equal(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
+
+
+def inspect_envelope(
+    blob_or_file: bytes | bytearray | memoryview | str | BinaryIO,
+    limits: Limits = DEFAULT_LIMITS,
+) -> EnvelopeInfo:
+    """Parse an envelope header (binary or compact, bytes or file) without any key."""
+    if isinstance(blob_or_file, str | bytes | bytearray | memoryview):
+        raw = blob_or_file.encode("ascii", "replace") if isinstance(blob_or_file, str) else bytes(
+            blob_or_file
+        )
+        encoding = "binary"
+        if raw.lstrip().startswith(COMPACT_PREFIX):
+            raw = from_compact(raw)
+            encoding = "compact"
+        header, size = read_header(io.BytesIO(raw), limits)
+        length = payload_length(len(raw) - size, header.chunk_size)
+        return _info(header, encoding, size, length)
+    src = blob_or_file
+    start = _tell(src)
+    head = src.read(len(COMPACT_PREFIX))
+    if head.lstrip().startswith(COMPACT_PREFIX[: len(head.lstrip())]) and head.lstrip()[:1] == b"k":
+        rest = src.read()
+        raw = from_compact(head + rest)
+        header, size = read_header(io.BytesIO(raw), limits)
+        return _info(header, "compact", size, payload_length(len(raw) - size, header.chunk_size))
+    if not head.startswith(MAGIC[: len(head)]) or len(head) < len(MAGIC):
+        raise MalformedEnvelopeError(
+            "input is not a kmsenvelope envelope (no 'KMSENV' marker at the start)"
+        )
+    header, size = read_header(PrefixedReader(head, src), limits)  # type: ignore[arg-type]
+    length = None
+    if start is not None:
+        try:
+            end = src.seek(0, io.SEEK_END)
+            length = payload_length(end - start - size, header.chunk_size)
+        except (OSError, ValueError):
+            length = None
+    return _info(header, "binary", size, length)
+
+
+def _tell(src: BinaryIO) -> int | None:
+    try:
+        if src.seekable():
+            return src.tell()
+    except (AttributeError, OSError, ValueError):
+        pass
+    return None
+
+
+def _info(header: Header, encoding: str, size: int, length: int | None) -> EnvelopeInfo:
+    return EnvelopeInfo(1, encoding, header.chunk_size, header.context, header.recipients, size,
+                        length)

@@ -1,0 +1,293 @@
+"""Format v1 header: encoding, parsing with hard limits, key derivation and the header MAC.
+
+The normative description is ``docs/format.md``; this module follows it field by field.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from hashlib import sha256
+from types import MappingProxyType
+from typing import BinaryIO
+
+from .errors import MalformedEnvelopeError
+from .kdf import hkdf_sha256
+from .kek import WrappedKey, scheme_of
+
+__all__ = [
+    "COMPACT_PREFIX",
+    "DEFAULT_CHUNK_SIZE",
+    "MAGIC",
+    "Header",
+    "Limits",
+    "derive_keys",
+    "encode_context",
+    "read_header",
+]
+
+MAGIC = b"KMSENV\x01"  # 6-byte name + 1-byte format version
+COMPACT_PREFIX = b"kmsenv1."
+DEK_SIZE = 32
+NONCE_SIZE = 16
+MAC_SIZE = 32
+TAG_SIZE = 16
+DEFAULT_CHUNK_SIZE = 1 << 20
+MIN_CHUNK_SIZE = 16
+MAX_CHUNK_SIZE = 1 << 24
+_KDF_INFO = b"kmsenvelope/v1 keys"
+_PREFIX = struct.Struct(">7sI")  # magic, header body length
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Hard limits applied to untrusted input before anything is allocated."""
+
+    max_header_size: int = 1 << 20
+    max_recipients: int = 64
+    max_context_entries: int = 256
+    max_chunk_size: int = MAX_CHUNK_SIZE
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def derive_keys(dek: bytes, nonce: bytes) -> tuple[bytes, bytes]:
+    """Return ``(payload_key, mac_key)`` = HKDF-SHA256(DEK, salt=nonce, 'kmsenvelope/v1 keys')."""
+    okm = hkdf_sha256(dek, nonce, _KDF_INFO, 64)
+    return okm[:32], okm[32:]
+
+
+def _put_str(out: bytearray, value: str, width: str, what: str) -> None:
+    raw = value.encode("utf-8")
+    limit = 0xFF if width == ">B" else 0xFFFF
+    if len(raw) > limit:
+        raise ValueError(f"{what} is longer than {limit} bytes")
+    out += struct.pack(width, len(raw))
+    out += raw
+
+
+def encode_context(context: Mapping[str, str]) -> bytes:
+    """Canonical encoding of an encryption context (sorted by UTF-8 key bytes)."""
+    out = bytearray()
+    items = sorted((k.encode("utf-8"), v.encode("utf-8")) for k, v in context.items())
+    out += struct.pack(">H", len(items))
+    for k, v in items:
+        if not k or len(k) > 0xFFFF or len(v) > 0xFFFF:
+            raise ValueError("context keys must be 1..65535 bytes and values at most 65535 bytes")
+        out += struct.pack(">H", len(k)) + k + struct.pack(">H", len(v)) + v
+    return bytes(out)
+
+
+def validate_context(context: Mapping[str, str] | None) -> Mapping[str, str]:
+    """Check a caller's context (str keys and values, non-empty keys) and freeze it."""
+    if context is None:
+        return MappingProxyType({})
+    if not isinstance(context, Mapping):
+        raise TypeError("context must be a mapping of str to str")
+    for k, v in context.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError("context keys and values must be str")
+        if not k:
+            raise ValueError("context keys must not be empty")
+    return MappingProxyType(dict(context))
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A parsed or to-be-written v1 header (everything before the payload)."""
+
+    chunk_size: int
+    nonce: bytes
+    context: Mapping[str, str]
+    recipients: tuple[WrappedKey, ...]
+    mac: bytes = b""
+
+    def body(self) -> bytes:
+        """The header body bytes (what the length field counts)."""
+        out = bytearray(struct.pack(">I", self.chunk_size))
+        out += self.nonce
+        out += encode_context(self.context)
+        out += struct.pack(">H", len(self.recipients))
+        for r in self.recipients:
+            _put_str(out, r.provider, ">B", "provider name")
+            _put_str(out, r.key_id, ">H", "key id")
+            _put_str(out, r.algorithm, ">B", "algorithm")
+            params = sorted(r.params.items())
+            if len(params) > 0xFF:
+                raise ValueError("a recipient may have at most 255 params")
+            out += struct.pack(">B", len(params))
+            for k, v in params:
+                _put_str(out, k, ">B", "param name")
+                _put_str(out, v, ">H", "param value")
+            if len(r.ciphertext) > 0xFFFF:
+                raise ValueError("wrapped key is longer than 65535 bytes")
+            out += struct.pack(">H", len(r.ciphertext)) + r.ciphertext
+        return bytes(out)
+
+    def authenticated_bytes(self) -> bytes:
+        """Magic, length and body: exactly the bytes the header MAC covers."""
+        body = self.body()
+        return _PREFIX.pack(MAGIC, len(body)) + body
+
+    def compute_mac(self, mac_key: bytes) -> bytes:
+        """HMAC-SHA256 over ``authenticated_bytes()``."""
+        return hmac.digest(mac_key, self.authenticated_bytes(), sha256)
+
+    def verify_mac(self, mac_key: bytes) -> bool:
+        """Constant-time check of the stored MAC."""
+        return hmac.compare_digest(self.compute_mac(mac_key), self.mac)
+
+    def encode(self, mac_key: bytes) -> bytes:
+        """The full binary header: authenticated bytes followed by the MAC."""
+        auth = self.authenticated_bytes()
+        return auth + hmac.digest(mac_key, auth, sha256)
+
+
+class _Cursor:
+    """Bounds-checked reader over the header body; every overrun is a format error."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise MalformedEnvelopeError("envelope header is truncated")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def text(self, n: int, what: str, *, ascii_only: bool = False) -> str:
+        raw = self.take(n)
+        try:
+            value = raw.decode("ascii" if ascii_only else "utf-8")
+        except UnicodeDecodeError:
+            raise MalformedEnvelopeError(f"envelope header has an invalid {what}") from None
+        return value
+
+
+def parse_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
+    """Parse a header body (without magic/length/MAC), enforcing the limits."""
+    cur = _Cursor(body)
+    chunk_size = cur.u32()
+    if not MIN_CHUNK_SIZE <= chunk_size <= limits.max_chunk_size:
+        raise MalformedEnvelopeError(
+            f"envelope chunk size {chunk_size} is outside {MIN_CHUNK_SIZE}..{limits.max_chunk_size}"
+        )
+    nonce = cur.take(NONCE_SIZE)
+    n_ctx = cur.u16()
+    if n_ctx > limits.max_context_entries:
+        raise MalformedEnvelopeError(
+            f"envelope has {n_ctx} context entries (limit {limits.max_context_entries})"
+        )
+    context: dict[str, str] = {}
+    previous: bytes | None = None
+    for _ in range(n_ctx):
+        klen = cur.u16()
+        kraw = cur.take(klen)
+        try:
+            key = kraw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedEnvelopeError("envelope header has an invalid context key") from None
+        if not kraw or (previous is not None and kraw <= previous):
+            raise MalformedEnvelopeError("envelope context keys are empty, unsorted or repeated")
+        previous = kraw
+        context[key] = cur.text(cur.u16(), "context value")
+    n_rec = cur.u16()
+    if n_rec == 0:
+        raise MalformedEnvelopeError("envelope has no recipients")
+    if n_rec > limits.max_recipients:
+        raise MalformedEnvelopeError(
+            f"envelope has {n_rec} recipients (limit {limits.max_recipients})"
+        )
+    recipients = []
+    for _ in range(n_rec):
+        provider = cur.text(cur.u8(), "provider name", ascii_only=True)
+        key_id = cur.text(cur.u16(), "key id")
+        algorithm = cur.text(cur.u8(), "algorithm", ascii_only=True)
+        params: dict[str, str] = {}
+        for _ in range(cur.u8()):
+            pname = cur.text(cur.u8(), "param name")
+            if pname in params:
+                raise MalformedEnvelopeError("envelope recipient repeats a param")
+            params[pname] = cur.text(cur.u16(), "param value")
+        ciphertext = cur.take(cur.u16())
+        try:
+            if scheme_of(key_id) != provider:
+                raise ValueError("scheme mismatch")
+            recipients.append(WrappedKey(provider, key_id, algorithm, ciphertext, params))
+        except ValueError:
+            raise MalformedEnvelopeError("envelope recipient is malformed") from None
+    if cur.pos != len(body):
+        raise MalformedEnvelopeError("envelope header has trailing bytes")
+    return Header(chunk_size, nonce, MappingProxyType(context), tuple(recipients))
+
+
+def read_exact(src: BinaryIO, n: int) -> bytes:
+    """Read exactly ``n`` bytes or raise a truncation error."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        r = src.readinto(view[got:])  # type: ignore[attr-defined]
+        if not r:
+            raise MalformedEnvelopeError("envelope is truncated")
+        got += r
+    return bytes(buf)
+
+
+def read_header(src: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[Header, int]:
+    """Read and parse a binary header from ``src``; return it and its size in bytes.
+
+    The length field is checked against ``limits.max_header_size`` before allocating.
+    """
+    head = src.read(_PREFIX.size)
+    if len(head) < len(MAGIC) or head[: len(MAGIC) - 1] != MAGIC[:-1]:
+        raise MalformedEnvelopeError(
+            "input is not a kmsenvelope envelope (no 'KMSENV' marker at the start)"
+        )
+    if head[len(MAGIC) - 1] != MAGIC[-1]:
+        raise MalformedEnvelopeError(
+            f"unsupported envelope format version {head[len(MAGIC) - 1]} (this reader knows 1)"
+        )
+    if len(head) < _PREFIX.size:
+        raise MalformedEnvelopeError("envelope header is truncated")
+    _, body_len = _PREFIX.unpack(head)
+    if body_len > limits.max_header_size:
+        raise MalformedEnvelopeError(
+            f"envelope header is {body_len} bytes (limit {limits.max_header_size})"
+        )
+    body = read_exact(src, body_len)
+    mac = read_exact(src, MAC_SIZE)
+    header = parse_body(body, limits)
+    header = Header(header.chunk_size, header.nonce, header.context, header.recipients, mac)
+    return header, _PREFIX.size + body_len + MAC_SIZE
+
+
+def new_header(
+    chunk_size: int,
+    nonce: bytes,
+    context: Mapping[str, str],
+    recipients: Sequence[WrappedKey],
+) -> Header:
+    """Build a header for writing, checking the writer-side rules."""
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
+    if not recipients:
+        raise ValueError("an envelope needs at least one recipient")
+    if len(recipients) > DEFAULT_LIMITS.max_recipients:
+        raise ValueError(f"at most {DEFAULT_LIMITS.max_recipients} recipients")
+    return Header(chunk_size, nonce, MappingProxyType(dict(context)), tuple(recipients))

@@ -1,0 +1,110 @@
+"""The boundary between the engine and providers: a KEK and the wrapped key it produces."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "KeyEncryptionKey",
+    "ProviderFactory",
+    "WrappedKey",
+    "scheme_of",
+]
+
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
+
+
+def scheme_of(uri: str) -> str:
+    """Return the scheme of a key URI (``local`` for ``local:payments``).
+
+    Raises ``ValueError`` if the URI has no valid scheme.
+    """
+    scheme, sep, rest = uri.partition(":")
+    if not sep or not rest or not _SCHEME.match(scheme):
+        raise ValueError(f"not a key URI (expected SCHEME:KEY, e.g. local:NAME): {uri!r}")
+    return scheme
+
+
+def _frozen(params: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(params))
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """A data key wrapped by one KEK: the only thing that crosses the provider boundary.
+
+    ``key_id`` is the full, versioned URI of the KEK that produced ``ciphertext``; handed back
+    to the provider's factory it reopens exactly that key version.
+    """
+
+    provider: str
+    key_id: str
+    algorithm: str
+    ciphertext: bytes = field(repr=False)
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("provider", "key_id", "algorithm"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"WrappedKey.{name} must be a non-empty string")
+        if not isinstance(self.ciphertext, bytes):
+            object.__setattr__(self, "ciphertext", bytes(self.ciphertext))
+        for k, v in self.params.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ValueError("WrappedKey.params must map str to str")
+        object.__setattr__(self, "params", _frozen(self.params))
+
+    def __repr__(self) -> str:
+        return (
+            f"WrappedKey(provider={self.provider!r}, key_id={self.key_id!r}, "
+            f"algorithm={self.algorithm!r}, ciphertext=<{len(self.ciphertext)} bytes>, "
+            f"params={dict(self.params)!r})"
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.provider, self.key_id, self.algorithm, self.ciphertext))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WrappedKey):
+            return NotImplemented
+        return (
+            self.provider == other.provider
+            and self.key_id == other.key_id
+            and self.algorithm == other.algorithm
+            and self.ciphertext == other.ciphertext
+            and dict(self.params) == dict(other.params)
+        )
+
+
+@runtime_checkable
+class KeyEncryptionKey(Protocol):
+    """A key-encryption key: wraps and unwraps data keys, nothing more.
+
+    ``key_id`` is a full URI with its scheme (``local:payments``). ``wrap`` must return a
+    ``WrappedKey`` whose ``key_id`` names the exact key version used. ``context`` is the
+    envelope's encryption context; providers that support additional authenticated data
+    bind it, others may ignore it (the envelope's header MAC binds it regardless).
+    """
+
+    @property
+    def key_id(self) -> str:
+        """The URI this KEK was opened with."""
+        ...
+
+    def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
+        """Wrap ``dek`` for this key, binding ``context`` where the provider can."""
+        ...
+
+    def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        """Return the data key inside ``wrapped``, or raise a ``ProviderError``."""
+        ...
+
+
+class ProviderFactory(Protocol):
+    """Opens the KEK named by ``uri``; ``settings`` is the ``[providers.SCHEME]`` config table."""
+
+    def __call__(self, uri: str, settings: Mapping[str, Any], /) -> KeyEncryptionKey: ...

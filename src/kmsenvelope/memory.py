@@ -1,0 +1,63 @@
+"""An in-process AES-256-GCM KEK: for tests, benchmarks and keys that exist only in code.
+
+It binds the encryption context as AAD, exactly like the local HSM's AES keys, but keeps the
+key in memory only; decrypt with ``keys=[the_same_kek]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import UnwrapError
+from .header import encode_context
+from .kek import WrappedKey
+
+__all__ = ["InMemoryKEK"]
+
+ALGORITHM = "AES-256-GCM"
+
+
+class InMemoryKEK:
+    """A KEK held in process memory under the ``memory:`` scheme."""
+
+    def __init__(self, key: bytes, name: str = "test") -> None:
+        if len(key) != 32:
+            raise ValueError("InMemoryKEK needs a 32-byte AES key")
+        self._aead = AESGCM(key)
+        self._key_id = f"memory:{name}"
+
+    @classmethod
+    def generate(cls, name: str = "test") -> InMemoryKEK:
+        """A KEK with a fresh random key."""
+        return cls(AESGCM.generate_key(256), name)
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def __repr__(self) -> str:
+        return f"InMemoryKEK({self._key_id!r})"
+
+    def _aad(self, context: Mapping[str, str]) -> bytes:
+        return self._key_id.encode() + b"\x00" + encode_context(context)
+
+    def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
+        nonce = os.urandom(12)
+        ct = self._aead.encrypt(nonce, dek, self._aad(context))
+        return WrappedKey("memory", self._key_id, ALGORITHM, nonce + ct)
+
+    def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        if wrapped.key_id != self._key_id or wrapped.algorithm != ALGORITHM:
+            raise UnwrapError(f"{wrapped.key_id}: not wrapped by {self._key_id}")
+        blob = wrapped.ciphertext
+        try:
+            return self._aead.decrypt(blob[:12], blob[12:], self._aad(context))
+        except (InvalidTag, ValueError):
+            raise UnwrapError(
+                f"{self._key_id}: wrapped key did not authenticate (tampered, other key "
+                "or other context)"
+            ) from None

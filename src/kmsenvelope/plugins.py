@@ -1,0 +1,201 @@
+"""The plugin host: providers register factories by URI scheme through pluggy.
+
+Built-in providers (the local HSM) are loaded from the ``kmsenvelope`` entry-point group
+exactly like third-party ones. Two environment variables control what loads:
+
+* ``KMSENVELOPE_PLUGINS`` -- if set, a comma-separated allow-list of entry-point names;
+  only those load (empty string: none).
+* ``KMSENVELOPE_BLOCK_PLUGINS`` -- a comma-separated list of entry-point names never loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from .errors import PluginError, UnknownSchemeError
+from .kek import KeyEncryptionKey, ProviderFactory, scheme_of
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PROJECT",
+    "ProviderInfo",
+    "ProviderRegistry",
+    "RegisterProvider",
+    "hookimpl",
+    "hookspec",
+]
+
+PROJECT = "kmsenvelope"
+ENTRY_POINT_GROUP = "kmsenvelope"
+ALLOW_ENV = "KMSENVELOPE_PLUGINS"
+BLOCK_ENV = "KMSENVELOPE_BLOCK_PLUGINS"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+RegisterProvider = Callable[[str, ProviderFactory], None]
+
+
+class _Hookspecs:
+    """Hooks a kmsenvelope plugin may implement."""
+
+    @hookspec
+    def kmsenvelope_register_providers(self, register: RegisterProvider) -> None:
+        """Call ``register(scheme, factory)`` once per URI scheme this plugin provides."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    """One registered provider: its scheme, and the plugin and distribution it came from."""
+
+    scheme: str
+    plugin: str
+    distribution: str
+    version: str
+    factory: ProviderFactory
+
+
+def _names_from_env(var: str) -> set[str] | None:
+    raw = os.environ.get(var)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+class ProviderRegistry:
+    """Maps URI schemes to provider factories, filled by plugins.
+
+    ``ProviderRegistry.load()`` reads entry points (honouring the allow/block variables);
+    ``ProviderRegistry()`` starts empty, and ``add_plugin`` registers a module or object
+    in code -- which is how tests get a registry that holds only what they chose.
+    """
+
+    def __init__(self) -> None:
+        self._pm = pluggy.PluginManager(PROJECT)
+        self._pm.add_hookspecs(_Hookspecs)
+        self._providers: dict[str, ProviderInfo] = {}
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        allow: Iterable[str] | None = None,
+        block: Iterable[str] | None = None,
+    ) -> ProviderRegistry:
+        """A registry with every plugin from the ``kmsenvelope`` entry-point group.
+
+        ``allow``/``block`` default to ``KMSENVELOPE_PLUGINS``/``KMSENVELOPE_BLOCK_PLUGINS``.
+        """
+        allowed = set(allow) if allow is not None else _names_from_env(ALLOW_ENV)
+        blocked = set(block) if block is not None else (_names_from_env(BLOCK_ENV) or set())
+        registry = cls()
+        seen: set[str] = set()
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in seen:
+                continue  # the same distribution visible twice on sys.path
+            seen.add(ep.name)
+            if ep.name in blocked or (allowed is not None and ep.name not in allowed):
+                continue
+            registry._load_entry_point(ep)
+        return registry
+
+    def _load_entry_point(self, ep: EntryPoint) -> None:
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+                f" -- block it with {BLOCK_ENV}={ep.name}"
+            ) from exc
+        dist = ep.dist
+        self.add_plugin(
+            plugin,
+            name=ep.name,
+            distribution=dist.name if dist is not None else "?",
+            version=dist.version if dist is not None else "?",
+        )
+
+    def add_plugin(
+        self,
+        plugin: ModuleType | object,
+        *,
+        name: str,
+        distribution: str = "(in code)",
+        version: str = "",
+    ) -> None:
+        """Register a plugin object or module and collect the providers it registers."""
+        if self._pm.has_plugin(name):
+            raise PluginError(f"a plugin named {name!r} is already registered")
+        self._pm.register(plugin, name=name)
+        others = [p for p in self._pm.get_plugins() if p is not plugin]
+        caller = self._pm.subset_hook_caller("kmsenvelope_register_providers", others)
+
+        def register(scheme: str, factory: ProviderFactory) -> None:
+            if not isinstance(scheme, str) or scheme_of(f"{scheme}:x") != scheme:
+                raise PluginError(f"plugin {name!r} registered an invalid scheme {scheme!r}")
+            if not callable(factory):
+                raise PluginError(f"plugin {name!r} registered a non-callable for {scheme!r}")
+            existing = self._providers.get(scheme)
+            if existing is not None:
+                raise PluginError(
+                    f"scheme {scheme!r} is registered by both {existing.plugin!r} "
+                    f"({existing.distribution}) and {name!r} ({distribution}); "
+                    f"block one with {BLOCK_ENV}"
+                )
+            self._providers[scheme] = ProviderInfo(scheme, name, distribution, version, factory)
+
+        try:
+            caller(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {name!r} failed while registering providers: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def register(self, scheme: str, factory: ProviderFactory, *, plugin: str = "(in code)") -> None:
+        """Register one factory directly, without a plugin object."""
+        holder = _SingleProvider(scheme, factory)
+        self.add_plugin(holder, name=plugin if plugin != "(in code)" else f"(in code:{scheme})")
+
+    @property
+    def providers(self) -> Mapping[str, ProviderInfo]:
+        """Registered providers by scheme."""
+        return dict(self._providers)
+
+    def factory_for(self, scheme: str) -> ProviderFactory:
+        """The factory for ``scheme``, or ``UnknownSchemeError`` listing what is installed."""
+        info = self._providers.get(scheme)
+        if info is None:
+            known = ", ".join(sorted(self._providers)) or "none"
+            raise UnknownSchemeError(
+                f"no provider is installed for scheme {scheme!r} (installed: {known})"
+            )
+        return info.factory
+
+    def open(self, uri: str, settings: Mapping[str, Any]) -> KeyEncryptionKey:
+        """Open the KEK named by ``uri`` through its provider's factory."""
+        try:
+            scheme = scheme_of(uri)
+        except ValueError as exc:
+            raise UnknownSchemeError(str(exc)) from None
+        return self.factory_for(scheme)(uri, settings)
+
+
+class _SingleProvider:
+    """Adapter so ``ProviderRegistry.register`` goes through the same hook as plugins."""
+
+    def __init__(self, scheme: str, factory: ProviderFactory) -> None:
+        self._scheme = scheme
+        self._factory = factory
+
+    @hookimpl
+    def kmsenvelope_register_providers(self, register: RegisterProvider) -> None:
+        register(self._scheme, self._factory)
