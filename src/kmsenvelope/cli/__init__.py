@@ -1,0 +1,92 @@
+"""The ``kmsenvelope`` command line: argument parsing, dispatch and error reporting.
+
+Exit codes: 0 success; 1 other library error; 2 bad arguments or configuration; 3 envelope did
+not authenticate / is malformed; 4 no recipient could unwrap; 5 unknown provider scheme or
+plugin failure; 6 provider error; 7 provider unavailable or throttled; 8 access denied;
+9 key not found; 10 key disabled or destroyed; 11 keystore error (passphrase, corruption);
+12 audit log broken; 70 internal error (a bug: please report it); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import KmsEnvelopeError
+from .admin_commands import add_admin_commands
+from .context import CliContext
+from .crypto_commands import add_crypto_commands
+from .key_commands import add_key_commands
+
+__all__ = ["build_parser", "main"]
+
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+DEBUG_ENV = "KMSENVELOPE_DEBUG"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors in our format (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"kmsenvelope: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = _Parser(
+        prog="kmsenvelope",
+        description="Envelope encryption across key-management services.",
+        epilog="Exit codes are listed in 'python -m pydoc kmsenvelope.cli' and the README.",
+    )
+    parser.add_argument("--version", action="version", version=f"kmsenvelope {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="config file (default: search path)")
+    parser.add_argument("--profile", metavar="NAME", help="config profile to use")
+    parser.add_argument("--keystore", metavar="DIR", help="local keystore directory")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or status")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    add_crypto_commands(sub)
+    add_key_commands(sub)
+    add_admin_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = CliContext(args)
+    try:
+        return int(args.handler(ctx, args))
+    except KmsEnvelopeError as exc:
+        print(f"kmsenvelope: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kmsenvelope: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0 if _quiet_pipe() else 1
+    except OSError as exc:
+        print(f"kmsenvelope: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"kmsenvelope: internal error: {type(exc).__name__}: {exc} "
+              f"(set {DEBUG_ENV}=1 for a traceback, and please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _quiet_pipe() -> bool:
+    """Stdout was closed early (``| head``): silence the flush error at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    return True

@@ -1,0 +1,131 @@
+"""``keys …``: manage the local software HSM's keystore."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..local.keystore import KEY_TYPES, Keystore
+from ..local.provider import passphrase_from_env
+from .context import CliContext
+
+__all__ = ["add_key_commands"]
+
+BACKUP_PASSPHRASE_ENV = "KMSENVELOPE_BACKUP_PASSPHRASE"
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text, file=sys.stderr)
+
+
+def _create(ctx: CliContext, args: argparse.Namespace) -> int:
+    info = ctx.open_keystore(create=True).create_key(args.name, args.type)
+    _say(args, f"created {info.uri} ({info.type}, version {info.current}) in {ctx.keystore_path}")
+    print(info.uri)
+    return 0
+
+
+def _list(ctx: CliContext, args: argparse.Namespace) -> int:
+    keys = ctx.open_keystore().list_keys()
+    if args.json:
+        json.dump([k.to_json() for k in keys], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not keys:
+        _say(args, f"no keys in {ctx.keystore_path}")
+        return 0
+    print(f"{'URI':<32} {'TYPE':<8} {'STATE':<9} {'CURRENT':>7}  VERSIONS")
+    for k in keys:
+        versions = ",".join(f"{v.version}{'' if v.state == 'active' else '(destroyed)'}"
+                            for v in k.versions)
+        state = "enabled" if k.enabled else "disabled"
+        print(f"{k.uri:<32} {k.type:<8} {state:<9} {k.current:>7}  {versions}")
+    return 0
+
+
+def _rotate(ctx: CliContext, args: argparse.Namespace) -> int:
+    info = ctx.open_keystore().rotate(args.name)
+    _say(args, f"rotated {info.uri}: version {info.current} is now current")
+    return 0
+
+
+def _enable(ctx: CliContext, args: argparse.Namespace) -> int:
+    info = ctx.open_keystore().set_enabled(args.name, args.enabled)
+    _say(args, f"{info.uri} is now {'enabled' if info.enabled else 'disabled'}")
+    return 0
+
+
+def _destroy(ctx: CliContext, args: argparse.Namespace) -> int:
+    store = ctx.open_keystore()
+    if sys.stdin.isatty() and not args.yes:
+        answer = input(f"Destroy local:{args.name}/{args.version} for good? Envelopes wrapped "
+                       "only by it become undecryptable. Type the key name to confirm: ")
+        if answer.strip() != args.name:
+            _say(args, "not destroyed")
+            return 1
+    store.destroy_version(args.name, args.version)
+    _say(args, f"destroyed local:{args.name}/{args.version}")
+    return 0
+
+
+def _backup_passphrase() -> str:
+    return os.environ.get(BACKUP_PASSPHRASE_ENV) or passphrase_from_env(
+        prompt="Backup passphrase: "
+    )
+
+
+def _backup(ctx: CliContext, args: argparse.Namespace) -> int:
+    count = ctx.open_keystore().backup(args.file, _backup_passphrase())
+    _say(args, f"backed up {count} key(s) to {args.file}")
+    return 0
+
+
+def _restore(ctx: CliContext, args: argparse.Namespace) -> int:
+    store = ctx.open_keystore(create=not Keystore.exists(ctx.keystore_path))
+    names = store.restore(args.file, _backup_passphrase())
+    _say(args, f"restored {len(names)} key(s) into {ctx.keystore_path}: {', '.join(names)}")
+    return 0
+
+
+def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``keys`` and its subcommands."""
+    keys = sub.add_parser("keys", help="manage keys in the local software HSM")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+
+    p = ksub.add_parser("create", help="create a key (and the keystore if needed)")
+    p.add_argument("name")
+    p.add_argument("--type", choices=KEY_TYPES, default="aes256")
+    p.set_defaults(handler=_create)
+
+    p = ksub.add_parser("list", help="list keys and versions")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_list)
+
+    p = ksub.add_parser("rotate", help="add a new current version")
+    p.add_argument("name")
+    p.set_defaults(handler=_rotate)
+
+    p = ksub.add_parser("disable", help="refuse all wrap/unwrap with a key")
+    p.add_argument("name")
+    p.set_defaults(handler=_enable, enabled=False)
+
+    p = ksub.add_parser("enable", help="re-enable a disabled key")
+    p.add_argument("name")
+    p.set_defaults(handler=_enable, enabled=True)
+
+    p = ksub.add_parser("destroy", help="destroy one key version's material for good")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, required=True, metavar="N")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(handler=_destroy)
+
+    p = ksub.add_parser("backup", help="write an encrypted backup of every key")
+    p.add_argument("file")
+    p.set_defaults(handler=_backup)
+
+    p = ksub.add_parser("restore", help="restore keys from a backup file")
+    p.add_argument("file")
+    p.set_defaults(handler=_restore)

@@ -1,0 +1,110 @@
+"""The ``local`` provider: KEKs named ``local:NAME`` or ``local:NAME/VERSION``.
+
+Settings (``[providers.local]``): ``keystore`` -- the keystore directory (also
+``KMSENVELOPE_KEYSTORE``; default ``<user data dir>/kmsenvelope/keystore``). The passphrase
+comes from ``KMSENVELOPE_KEYSTORE_PASSPHRASE`` or, on a terminal, a prompt.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, KeystoreError
+from ..kek import WrappedKey
+from .keystore import Keystore, check_name
+
+__all__ = ["LocalKEK", "default_keystore_dir", "factory", "open_keystore", "passphrase_from_env"]
+
+PASSPHRASE_ENV = "KMSENVELOPE_KEYSTORE_PASSPHRASE"
+
+
+def default_keystore_dir() -> Path:
+    """``<user data dir>/kmsenvelope/keystore``."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("kmsenvelope")) / "keystore"
+
+
+def keystore_dir(settings: Mapping[str, Any]) -> Path:
+    """The keystore directory named by the settings, or the default."""
+    value = settings.get("keystore")
+    if value is None:
+        return default_keystore_dir()
+    if not isinstance(value, str) or not value:
+        raise ConfigError("providers.local.keystore must be a directory path (string)")
+    return Path(value).expanduser()
+
+
+def passphrase_from_env(*, prompt: str = "Keystore passphrase: ", confirm: bool = False) -> str:
+    """The keystore passphrase from the environment, or asked on the terminal."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise KeystoreError(
+            f"the keystore passphrase is needed: set {PASSPHRASE_ENV} or run on a terminal"
+        )
+    first = getpass.getpass(prompt)
+    if confirm and getpass.getpass("Repeat passphrase: ") != first:
+        raise KeystoreError("the two passphrases differ")
+    if not first:
+        raise KeystoreError("empty passphrase")
+    return first
+
+
+def open_keystore(settings: Mapping[str, Any]) -> Keystore:
+    """Unlock the keystore the settings point at."""
+    return Keystore.open(keystore_dir(settings), passphrase_from_env())
+
+
+def parse_uri(uri: str) -> tuple[str, int | None]:
+    """``local:NAME`` -> (NAME, None); ``local:NAME/3`` -> (NAME, 3)."""
+    if not uri.startswith("local:"):
+        raise ConfigError(f"not a local key URI: {uri!r}")
+    rest = uri[len("local:") :]
+    name, sep, version = rest.partition("/")
+    check_name(name)
+    if not sep:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise ConfigError(f"invalid key version in {uri!r} (expected local:NAME/N, N >= 1)")
+    return name, int(version)
+
+
+class LocalKEK:
+    """A key in the local keystore; unlocks the keystore on first use."""
+
+    def __init__(self, uri: str, settings: Mapping[str, Any]) -> None:
+        self._name, self._version = parse_uri(uri)
+        self._uri = uri
+        self._settings = dict(settings)
+        self._store: Keystore | None = None
+
+    @property
+    def key_id(self) -> str:
+        return self._uri
+
+    def __repr__(self) -> str:
+        return f"LocalKEK({self._uri!r})"
+
+    @property
+    def keystore(self) -> Keystore:
+        if self._store is None:
+            self._store = open_keystore(self._settings)
+        return self._store
+
+    def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
+        return self.keystore.wrap(self._name, self._version, dek, context)
+
+    def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
+        return self.keystore.unwrap(self._name, wrapped, context)
+
+
+def factory(uri: str, settings: Mapping[str, Any]) -> LocalKEK:
+    """Provider factory for the ``local`` scheme."""
+    return LocalKEK(uri, settings)
