@@ -226,8 +226,7 @@ def load_config(
             scheme_part, sep, key = name[len(PROVIDER_ENV_PREFIX) :].partition("__")
             if not sep or not scheme_part or not key:
                 raise ConfigError(
-                    f"environment variable {name}: expected "
-                    f"{PROVIDER_ENV_PREFIX}<SCHEME>__<KEY>"
+                    f"environment variable {name}: expected {PROVIDER_ENV_PREFIX}<SCHEME>__<KEY>"
                 )
             scheme = scheme_part.lower().replace("_", "-")
             providers.setdefault(scheme, {})[key.lower()] = value

@@ -115,13 +115,19 @@ class ProviderConformance:
         ct = wrapped.ciphertext
         for index in sorted({0, len(ct) // 2, len(ct) - 1}):
             bad = WrappedKey(
-                wrapped.provider, wrapped.key_id, wrapped.algorithm, _flip(ct, index),
+                wrapped.provider,
+                wrapped.key_id,
+                wrapped.algorithm,
+                _flip(ct, index),
                 wrapped.params,
             )
             with pytest.raises(KmsEnvelopeError):
                 kek.unwrap(bad, CONTEXT)
         short = WrappedKey(
-            wrapped.provider, wrapped.key_id, wrapped.algorithm, ct[: len(ct) // 2],
+            wrapped.provider,
+            wrapped.key_id,
+            wrapped.algorithm,
+            ct[: len(ct) // 2],
             wrapped.params,
         )
         with pytest.raises(KmsEnvelopeError):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from .armor import ArmorReader, ArmorWriter, PrefixedReader, from_compact
+from .armor import ArmorReader, ArmorWriter, PrefixedReader, from_compact, to_compact
 from .config import Config, load_config
 from .errors import (
     AuthenticationError,
@@ -29,6 +29,7 @@ from .header import (
     NONCE_SIZE,
     Header,
     Limits,
+    check_chunk_size,
     derive_keys,
     new_header,
     read_header,
@@ -36,7 +37,13 @@ from .header import (
 )
 from .kek import KeyEncryptionKey, WrappedKey, scheme_of
 from .plugins import ProviderRegistry
-from .stream import decrypt_payload, encrypt_payload, payload_length
+from .stream import (
+    decrypt_bytes,
+    decrypt_payload,
+    encrypt_bytes,
+    encrypt_payload,
+    payload_length,
+)
 
 __all__ = ["Engine", "EnvelopeInfo", "Recipient"]
 
@@ -166,7 +173,9 @@ class Engine:
             except Exception as exc:
                 raise ProviderError(f"{kek.key_id}: wrap failed: {_describe(exc)}") from exc
             if not isinstance(w, WrappedKey):
-                raise ProviderError(f"{kek.key_id}: wrap returned {type(w).__name__}, not WrappedKey")
+                raise ProviderError(
+                    f"{kek.key_id}: wrap returned {type(w).__name__}, not WrappedKey"
+                )
             try:
                 ok = scheme_of(w.key_id) == w.provider
             except ValueError:
@@ -185,13 +194,13 @@ class Engine:
         supplied = [*keys, *self._keys]
         exact = [k for k in supplied if k.key_id == recipient.key_id]
         same_scheme = [
-            k for k in supplied if k not in exact and _scheme_or_none(k.key_id) == recipient.provider
+            k
+            for k in supplied
+            if k not in exact and _scheme_or_none(k.key_id) == recipient.provider
         ]
         return exact + same_scheme
 
-    def _unwrap_dek(
-        self, header: Header, keys: Sequence[KeyEncryptionKey]
-    ) -> tuple[bytes, bytes]:
+    def _unwrap_dek(self, header: Header, keys: Sequence[KeyEncryptionKey]) -> tuple[bytes, bytes]:
         """Find a recipient that unwraps; return ``(payload_key, mac_key)`` after the MAC check."""
         attempts: list[RecipientAttempt] = []
         for recipient in header.recipients:
@@ -225,12 +234,16 @@ class Engine:
         to: Iterable[Recipient] | None,
         context: Mapping[str, str] | None,
         chunk_size: int | None,
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, bytes, int]:
+        """Wrap a fresh DEK; return ``(header_bytes, payload_key, chunk_size)``."""
+        size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+        check_chunk_size(size)
         ctx = validate_context(context if context is not None else self.config.context)
         keks = self._resolve(to)
         dek = os.urandom(DEK_SIZE)
         nonce = os.urandom(NONCE_SIZE)
-        return self._seal_header(keks, dek, nonce, ctx, chunk_size or DEFAULT_CHUNK_SIZE)
+        header, payload_key = self._seal_header(keks, dek, nonce, ctx, size)
+        return header, payload_key, size
 
     def _seal_header(
         self,
@@ -256,10 +269,9 @@ class Engine:
         chunk_size: int | None = None,
     ) -> bytes:
         """Encrypt ``data`` for every recipient in ``to``; return the envelope."""
-        out = io.BytesIO()
-        self.encrypt_stream(io.BytesIO(bytes(data)), out, to, context, armor=armor,
-                            chunk_size=chunk_size)
-        return out.getvalue()
+        header, payload_key, size = self._start(to, context, chunk_size)
+        binary = header + encrypt_bytes(data, payload_key, size)
+        return to_compact(binary) + b"\n" if armor else binary
 
     def encrypt_stream(
         self,
@@ -273,10 +285,10 @@ class Engine:
         progress: Progress | None = None,
     ) -> int:
         """Encrypt ``src`` into ``dst`` in constant memory; return the plaintext length."""
-        header, payload_key = self._start(to, context, chunk_size)
+        header, payload_key, size = self._start(to, context, chunk_size)
         sink: Any = ArmorWriter(dst) if armor else dst
         sink.write(header)
-        total = encrypt_payload(src, sink, payload_key, _chunk_of(header), progress)
+        total = encrypt_payload(src, sink, payload_key, size, progress)
         if armor:
             sink.finish()
         return total
@@ -307,11 +319,12 @@ class Engine:
             raw = from_compact(blob)
         else:
             raw = bytes(blob)
-            if raw.lstrip().startswith(COMPACT_PREFIX):
+            if not raw.startswith(MAGIC) and raw.lstrip().startswith(COMPACT_PREFIX):
                 raw = from_compact(raw)
-        out = io.BytesIO()
-        self.decrypt_stream(io.BytesIO(raw), out, context, keys=keys)
-        return out.getvalue()
+        header, size = read_header(io.BytesIO(raw), self.limits)
+        check_context(header.context, context)
+        payload_key, _mac_key = self._unwrap_dek(header, keys)
+        return decrypt_bytes(memoryview(raw)[size:], payload_key, header.chunk_size)
 
     def decrypt_stream(
         self,
@@ -333,13 +346,11 @@ class Engine:
         payload_key, _mac_key = self._unwrap_dek(header, keys)
         return decrypt_payload(reader, dst, payload_key, header.chunk_size, progress)
 
-    def inspect(self, blob_or_file: bytes | bytearray | memoryview | str | BinaryIO) -> EnvelopeInfo:
+    def inspect(
+        self, blob_or_file: bytes | bytearray | memoryview | str | BinaryIO
+    ) -> EnvelopeInfo:
         """Read an envelope's header without any key."""
         return inspect_envelope(blob_or_file, self.limits)
-
-
-def _chunk_of(header_bytes: bytes) -> int:
-    return int.from_bytes(header_bytes[11:15], "big")
 
 
 def _scheme_or_none(uri: str) -> str | None:
@@ -373,8 +384,10 @@ def inspect_envelope(
 ) -> EnvelopeInfo:
     """Parse an envelope header (binary or compact, bytes or file) without any key."""
     if isinstance(blob_or_file, str | bytes | bytearray | memoryview):
-        raw = blob_or_file.encode("ascii", "replace") if isinstance(blob_or_file, str) else bytes(
-            blob_or_file
+        raw = (
+            blob_or_file.encode("ascii", "replace")
+            if isinstance(blob_or_file, str)
+            else bytes(blob_or_file)
         )
         encoding = "binary"
         if raw.lstrip().startswith(COMPACT_PREFIX):
@@ -416,5 +429,6 @@ def _tell(src: BinaryIO) -> int | None:
 
 
 def _info(header: Header, encoding: str, size: int, length: int | None) -> EnvelopeInfo:
-    return EnvelopeInfo(1, encoding, header.chunk_size, header.context, header.recipients, size,
-                        length)
+    return EnvelopeInfo(
+        1, encoding, header.chunk_size, header.context, header.recipients, size, length
+    )

@@ -277,6 +277,14 @@ def read_header(src: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[Header,
     return header, _PREFIX.size + body_len + MAC_SIZE
 
 
+def check_chunk_size(chunk_size: int) -> None:
+    """Writers accept chunk sizes from 16 bytes to 16 MiB."""
+    if not isinstance(chunk_size, int) or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(
+            f"chunk_size must be an integer from {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE} bytes"
+        )
+
+
 def new_header(
     chunk_size: int,
     nonce: bytes,
@@ -284,8 +292,7 @@ def new_header(
     recipients: Sequence[WrappedKey],
 ) -> Header:
     """Build a header for writing, checking the writer-side rules."""
-    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-        raise ValueError(f"chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
+    check_chunk_size(chunk_size)
     if not recipients:
         raise ValueError("an envelope needs at least one recipient")
     if len(recipients) > DEFAULT_LIMITS.max_recipients:

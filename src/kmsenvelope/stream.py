@@ -63,7 +63,9 @@ def encrypt_payload(
     while True:
         m = _read_full(src, memoryview(nxt)) if n == chunk_size else 0
         last = m == 0
-        aead.encrypt_into(chunk_nonce(index, last), memoryview(cur)[:n], None, out_view[: n + TAG_SIZE])
+        aead.encrypt_into(
+            chunk_nonce(index, last), memoryview(cur)[:n], None, out_view[: n + TAG_SIZE]
+        )
         dst.write(out_view[: n + TAG_SIZE])
         total += n
         if progress is not None:
@@ -128,3 +130,38 @@ def payload_length(payload_bytes: int, chunk_size: int) -> int | None:
     if rest < TAG_SIZE or (rest == TAG_SIZE and full > 0):
         return None
     return full * chunk_size + rest - TAG_SIZE
+
+
+def encrypt_bytes(
+    data: bytes | bytearray | memoryview, payload_key: bytes, chunk_size: int
+) -> bytes:
+    """In-memory form of :func:`encrypt_payload` (no per-call buffers of a whole chunk)."""
+    aead = AESGCM(payload_key)
+    view = memoryview(data)
+    length = len(view)
+    if length <= chunk_size:
+        return aead.encrypt(chunk_nonce(0, True), view, None)
+    parts = []
+    last_index = (length - 1) // chunk_size
+    for index in range(last_index + 1):
+        piece = view[index * chunk_size : (index + 1) * chunk_size]
+        parts.append(aead.encrypt(chunk_nonce(index, index == last_index), piece, None))
+    return b"".join(parts)
+
+
+def decrypt_bytes(payload: bytes | memoryview, payload_key: bytes, chunk_size: int) -> bytes:
+    """In-memory form of :func:`decrypt_payload`; nothing is returned unless all chunks pass."""
+    view = memoryview(payload)
+    if payload_length(len(view), chunk_size) is None:
+        raise AuthenticationError()
+    aead = AESGCM(payload_key)
+    block = chunk_size + TAG_SIZE
+    last_index = max(len(view) - 1, 0) // block
+    parts = []
+    try:
+        for index in range(last_index + 1):
+            piece = view[index * block : (index + 1) * block]
+            parts.append(aead.decrypt(chunk_nonce(index, index == last_index), piece, None))
+    except InvalidTag:
+        raise AuthenticationError() from None
+    return b"".join(parts)

@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", metavar="NAME", help="config profile to use")
     parser.add_argument("--keystore", metavar="DIR", help="local keystore directory")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or status")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     add_crypto_commands(sub)
     add_key_commands(sub)
     add_admin_commands(sub)
@@ -71,14 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0 if _quiet_pipe() else 1
     except OSError as exc:
-        print(f"kmsenvelope: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-              file=sys.stderr)
+        print(
+            f"kmsenvelope: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
         return 1
     except Exception as exc:
         if os.environ.get(DEBUG_ENV):
             raise
-        print(f"kmsenvelope: internal error: {type(exc).__name__}: {exc} "
-              f"(set {DEBUG_ENV}=1 for a traceback, and please report it)", file=sys.stderr)
+        print(
+            f"kmsenvelope: internal error: {type(exc).__name__}: {exc} "
+            f"(set {DEBUG_ENV}=1 for a traceback, and please report it)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .context import CliContext
+from .context import CliContext, Subcommands
 
 __all__ = ["add_admin_commands"]
 
@@ -14,8 +14,15 @@ __all__ = ["add_admin_commands"]
 def _providers(ctx: CliContext, args: argparse.Namespace) -> int:
     infos = sorted(ctx.engine.registry.providers.values(), key=lambda i: i.scheme)
     if args.json:
-        rows = [{"scheme": i.scheme, "plugin": i.plugin, "distribution": i.distribution,
-                 "version": i.version} for i in infos]
+        rows = [
+            {
+                "scheme": i.scheme,
+                "plugin": i.plugin,
+                "distribution": i.distribution,
+                "version": i.version,
+            }
+            for i in infos
+        ]
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
@@ -37,7 +44,7 @@ def _config_show(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_admin_commands(sub: Subcommands) -> None:
     """Register the administrative commands."""
     p = sub.add_parser("providers", help="list installed providers")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, load_config
 from ..engine import Engine
@@ -15,7 +16,13 @@ from ..local.keystore import Keystore
 from ..local.provider import keystore_dir, passphrase_from_env
 from ..plugins import ProviderRegistry
 
-__all__ = ["CliContext", "parse_pairs"]
+__all__ = ["CliContext", "Subcommands", "parse_pairs"]
+
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[Any]
+else:
+    Subcommands = argparse._SubParsersAction
+"""What ``add_subparsers`` returns; each command module adds its parsers to it."""
 
 
 def parse_pairs(items: list[str] | None, option: str) -> dict[str, str]:

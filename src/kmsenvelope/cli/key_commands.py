@@ -9,11 +9,11 @@ import sys
 
 from ..local.keystore import KEY_TYPES, Keystore
 from ..local.provider import passphrase_from_env
-from .context import CliContext
+from .context import CliContext, Subcommands
 
 __all__ = ["add_key_commands"]
 
-BACKUP_PASSPHRASE_ENV = "KMSENVELOPE_BACKUP_PASSPHRASE"
+BACKUP_PASSPHRASE_ENV = "KMSENVELOPE_BACKUP_PASSPHRASE"  # noqa: S105 - a variable name
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -39,8 +39,9 @@ def _list(ctx: CliContext, args: argparse.Namespace) -> int:
         return 0
     print(f"{'URI':<32} {'TYPE':<8} {'STATE':<9} {'CURRENT':>7}  VERSIONS")
     for k in keys:
-        versions = ",".join(f"{v.version}{'' if v.state == 'active' else '(destroyed)'}"
-                            for v in k.versions)
+        versions = ",".join(
+            f"{v.version}{'' if v.state == 'active' else '(destroyed)'}" for v in k.versions
+        )
         state = "enabled" if k.enabled else "disabled"
         print(f"{k.uri:<32} {k.type:<8} {state:<9} {k.current:>7}  {versions}")
     return 0
@@ -61,8 +62,10 @@ def _enable(ctx: CliContext, args: argparse.Namespace) -> int:
 def _destroy(ctx: CliContext, args: argparse.Namespace) -> int:
     store = ctx.open_keystore()
     if sys.stdin.isatty() and not args.yes:
-        answer = input(f"Destroy local:{args.name}/{args.version} for good? Envelopes wrapped "
-                       "only by it become undecryptable. Type the key name to confirm: ")
+        answer = input(
+            f"Destroy local:{args.name}/{args.version} for good? Envelopes wrapped "
+            "only by it become undecryptable. Type the key name to confirm: "
+        )
         if answer.strip() != args.name:
             _say(args, "not destroyed")
             return 1
@@ -90,7 +93,7 @@ def _restore(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_key_commands(sub: Subcommands) -> None:
     """Register ``keys`` and its subcommands."""
     keys = sub.add_parser("keys", help="manage keys in the local software HSM")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")

@@ -43,8 +43,10 @@ class ProgressBar:
             frac = min(self.done / self.total, 1.0)
             bar = "#" * int(frac * 30)
             eta = (self.total - self.done) / rate if rate > 0 else 0
-            text = (f"\r{self.label} [{bar:<30}] {frac:4.0%} {_size(self.done)}/"
-                    f"{_size(self.total)} {_size(rate)}/s ETA {eta:.0f}s")
+            text = (
+                f"\r{self.label} [{bar:<30}] {frac:4.0%} {_size(self.done)}/"
+                f"{_size(self.total)} {_size(rate)}/s ETA {eta:.0f}s"
+            )
         else:
             text = f"\r{self.label} {_size(self.done)} {_size(rate)}/s"
         self.stream.write(text)

@@ -123,8 +123,10 @@ class AuditLog:
                     "entries were removed, duplicated or reordered"
                 )
             if entry.get("prev") != prev:
-                raise AuditLogError(f"{where}: entry {seq} does not chain to entry {count} "
-                                    "(an earlier entry was removed or edited)")
+                raise AuditLogError(
+                    f"{where}: entry {seq} does not chain to entry {count} "
+                    "(an earlier entry was removed or edited)"
+                )
             if not isinstance(stored, str) or not hmac.compare_digest(
                 stored, self._hash(prev, entry)
             ):

@@ -212,8 +212,13 @@ class Keystore:
             store_id = secrets.token_hex(16)
             nonce = os.urandom(12)
             check = nonce + AESGCM(keys.enc).encrypt(nonce, _CHECK, store_id.encode())
-            doc = {"format": STORE_FORMAT, "id": store_id, "created": _now(), "kdf": params,
-                   "check": _b64(check)}
+            doc = {
+                "format": STORE_FORMAT,
+                "id": store_id,
+                "created": _now(),
+                "kdf": params,
+                "check": _b64(check),
+            }
             atomic_write(path / "keystore.json", json.dumps(doc, indent=2).encode())
             store = cls(path, store_id, keys)
             store.audit.append("keystore.create", "local:*")
@@ -272,14 +277,16 @@ class Keystore:
 
     def _seal_material(self, name: str, version: int, raw: bytes) -> str:
         nonce = os.urandom(12)
-        return _b64(nonce + AESGCM(self._keys.enc).encrypt(nonce, raw,
-                                                           self._material_aad(name, version)))
+        return _b64(
+            nonce + AESGCM(self._keys.enc).encrypt(nonce, raw, self._material_aad(name, version))
+        )
 
     def _open_material(self, name: str, version: int, sealed: str, path: Path) -> bytes:
         blob = _unb64(sealed, str(path))
         try:
-            return AESGCM(self._keys.enc).decrypt(blob[:12], blob[12:],
-                                                  self._material_aad(name, version))
+            return AESGCM(self._keys.enc).decrypt(
+                blob[:12], blob[12:], self._material_aad(name, version)
+            )
         except (InvalidTag, ValueError):
             raise KeystoreCorruptError(
                 f"{path}: key material for version {version} does not decrypt "
@@ -343,9 +350,13 @@ class Keystore:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            entry["public_key"] = private.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            ).decode("ascii")
+            entry["public_key"] = (
+                private.public_key()
+                .public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                .decode("ascii")
+            )
         entry["material"] = self._seal_material(name, version, raw)
         return entry
 
@@ -363,8 +374,12 @@ class Keystore:
             if self._key_path(name).exists():
                 raise KeystoreError(f"key local:{name} already exists (rotate it instead)")
             doc: dict[str, Any] = {
-                "format": KEY_FORMAT, "name": name, "type": key_type, "created": _now(),
-                "enabled": True, "current": 1,
+                "format": KEY_FORMAT,
+                "name": name,
+                "type": key_type,
+                "created": _now(),
+                "enabled": True,
+                "current": 1,
                 "versions": [self._new_version(name, key_type, 1)],
             }
             self._save(doc)
@@ -523,22 +538,32 @@ class Keystore:
                 for v in doc["versions"]:
                     item = {k: v[k] for k in v if k != "material"}
                     if v.get("material") is not None:
-                        raw = self._open_material(doc["name"], int(v["version"]), v["material"],
-                                                  path)
+                        raw = self._open_material(
+                            doc["name"], int(v["version"]), v["material"], path
+                        )
                         item["raw"] = _b64(raw)
                     versions.append(item)
-                keys.append({**{k: doc[k] for k in doc if k not in ("versions", "mac")},
-                             "versions": versions})
+                keys.append(
+                    {
+                        **{k: doc[k] for k in doc if k not in ("versions", "mac")},
+                        "versions": versions,
+                    }
+                )
             plain = json.dumps({"keystore_id": self.id, "created": _now(), "keys": keys}).encode()
             params = dict(DEFAULT_KDF)
             salt = os.urandom(16)
             params["salt"] = _b64(salt)
-            bkey = hkdf_sha256(_derive_root(passphrase, params, salt), b"",
-                               b"kmsenvelope backup v1", 32)
+            bkey = hkdf_sha256(
+                _derive_root(passphrase, params, salt), b"", b"kmsenvelope backup v1", 32
+            )
             nonce = os.urandom(12)
             ct = AESGCM(bkey).encrypt(nonce, plain, BACKUP_FORMAT.encode())
-            out = {"format": BACKUP_FORMAT, "kdf": params, "nonce": _b64(nonce),
-                   "ciphertext": _b64(ct)}
+            out = {
+                "format": BACKUP_FORMAT,
+                "kdf": params,
+                "nonce": _b64(nonce),
+                "ciphertext": _b64(ct),
+            }
             target_path = Path(target).expanduser()
             atomic_write(target_path, json.dumps(out, indent=2).encode())
             self.audit.append("keystore.backup", "local:*", detail={"keys": len(keys)})
@@ -570,12 +595,19 @@ class Keystore:
         self, name: str, key: Mapping[str, Any], existing: dict[str, Any] | None
     ) -> dict[str, Any]:
         doc = existing or {
-            "format": KEY_FORMAT, "name": name, "type": key["type"], "created": key["created"],
-            "enabled": bool(key["enabled"]), "current": int(key["current"]), "versions": [],
+            "format": KEY_FORMAT,
+            "name": name,
+            "type": key["type"],
+            "created": key["created"],
+            "enabled": bool(key["enabled"]),
+            "current": int(key["current"]),
+            "versions": [],
         }
         if doc["type"] != key["type"]:
-            raise KeystoreError(f"restore conflict: local:{name} has type {doc['type']} here "
-                                f"but {key['type']} in the backup")
+            raise KeystoreError(
+                f"restore conflict: local:{name} has type {doc['type']} here "
+                f"but {key['type']} in the backup"
+            )
         path = self._key_path(name)
         for v in key["versions"]:
             number = int(v["version"])
@@ -583,8 +615,9 @@ class Keystore:
             raw = _unb64(v["raw"], "backup") if "raw" in v else None
             if mine is None:
                 entry = {k: v[k] for k in v if k != "raw"}
-                entry["material"] = (self._seal_material(name, number, raw)
-                                     if raw is not None else None)
+                entry["material"] = (
+                    self._seal_material(name, number, raw) if raw is not None else None
+                )
                 doc["versions"].append(entry)
             elif raw is not None and mine.get("material") is not None:
                 current = self._open_material(name, number, mine["material"], path)
@@ -629,13 +662,14 @@ def read_backup(source: str | os.PathLike[str], passphrase: str) -> dict[str, An
 def _find_version(doc: Mapping[str, Any], version: int) -> dict[str, Any] | None:
     for v in doc["versions"]:
         if int(v["version"]) == version:
-            return v  # the live entry, so callers can update it in place
+            entry: dict[str, Any] = v  # the live entry, so callers can update it in place
+            return entry
     return None
 
 
 def parse_version(key_id: str, name: str) -> int:
     """The version in ``local:NAME/VERSION`` (``UnwrapError`` if it names another key)."""
     prefix = f"local:{name}/"
-    if not key_id.startswith(prefix) or not key_id[len(prefix):].isdigit():
+    if not key_id.startswith(prefix) or not key_id[len(prefix) :].isdigit():
         raise UnwrapError(f"{key_id}: not a version of local:{name}")
-    return int(key_id[len(prefix):])
+    return int(key_id[len(prefix) :])

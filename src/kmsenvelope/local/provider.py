@@ -20,7 +20,7 @@ from .keystore import Keystore, check_name
 
 __all__ = ["LocalKEK", "default_keystore_dir", "factory", "open_keystore", "passphrase_from_env"]
 
-PASSPHRASE_ENV = "KMSENVELOPE_KEYSTORE_PASSPHRASE"
+PASSPHRASE_ENV = "KMSENVELOPE_KEYSTORE_PASSPHRASE"  # noqa: S105 - a variable name
 
 
 def default_keystore_dir() -> Path:

@@ -1,0 +1,1 @@
+"""Benchmarks for kmsenvelope (run with ``nox -s bench``); never part of the test suite."""
