@@ -138,3 +138,22 @@ class PrefixedReader:
         data = self._src.read(len(view))
         view[: len(data)] = data
         return len(data)
+
+
+def open_envelope_stream(src: BinaryIO) -> tuple[BinaryIO, str]:
+    """Detect the encoding of the envelope in ``src``; return a binary reader and the encoding.
+
+    Leading ASCII whitespace before a compact envelope is skipped (at most 64 bytes).
+    """
+    head = src.read(len(COMPACT_PREFIX))
+    skipped = 0
+    while head[:1] in (b" ", b"\t", b"\r", b"\n") and head and skipped < 64:
+        head = head.lstrip()
+        skipped += 1
+        more = src.read(len(COMPACT_PREFIX) - len(head))
+        if not more:
+            break
+        head += more
+    if head == COMPACT_PREFIX:
+        return ArmorReader(src), "compact"  # type: ignore[return-value]
+    return PrefixedReader(head, src), "binary"  # type: ignore[return-value]

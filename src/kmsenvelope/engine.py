@@ -9,13 +9,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from .armor import ArmorReader, ArmorWriter, PrefixedReader, from_compact, to_compact
+from .armor import ArmorWriter, from_compact, open_envelope_stream, to_compact
 from .config import Config, load_config
 from .errors import (
     AuthenticationError,
     ConfigError,
     KmsEnvelopeError,
-    MalformedEnvelopeError,
     NoRecipientError,
     ProviderError,
     RecipientAttempt,
@@ -295,18 +294,6 @@ class Engine:
 
     # -- decryption -------------------------------------------------------------------------
 
-    def _open_source(self, src: BinaryIO) -> tuple[BinaryIO, str]:
-        head = src.read(len(COMPACT_PREFIX))
-        if head.startswith(COMPACT_PREFIX):
-            return ArmorReader(src), "compact"  # type: ignore[return-value]
-        stripped = head.lstrip()
-        if stripped and COMPACT_PREFIX.startswith(stripped) and len(stripped) < len(head):
-            rest = src.read(len(COMPACT_PREFIX) - len(stripped))
-            if (stripped + rest).startswith(COMPACT_PREFIX):
-                return ArmorReader(src), "compact"  # type: ignore[return-value]
-            head = stripped + rest
-        return PrefixedReader(head, src), "binary"  # type: ignore[return-value]
-
     def decrypt(
         self,
         blob: bytes | bytearray | memoryview | str,
@@ -340,7 +327,7 @@ class Engine:
         Only authenticated chunks are written, but on error ``dst`` may hold a prefix of the
         plaintext: write to a temporary file and discard it on error (the CLI does).
         """
-        reader, _ = self._open_source(src)
+        reader, _ = open_envelope_stream(src)
         header, _size = read_header(reader, self.limits)
         check_context(header.context, context)
         payload_key, _mac_key = self._unwrap_dek(header, keys)
@@ -398,25 +385,21 @@ def inspect_envelope(
         return _info(header, encoding, size, length)
     src = blob_or_file
     start = _tell(src)
-    head = src.read(len(COMPACT_PREFIX))
-    if head.lstrip().startswith(COMPACT_PREFIX[: len(head.lstrip())]) and head.lstrip()[:1] == b"k":
-        rest = src.read()
-        raw = from_compact(head + rest)
-        header, size = read_header(io.BytesIO(raw), limits)
-        return _info(header, "compact", size, payload_length(len(raw) - size, header.chunk_size))
-    if not head.startswith(MAGIC[: len(head)]) or len(head) < len(MAGIC):
-        raise MalformedEnvelopeError(
-            "input is not a kmsenvelope envelope (no 'KMSENV' marker at the start)"
-        )
-    header, size = read_header(PrefixedReader(head, src), limits)  # type: ignore[arg-type]
+    reader, encoding = open_envelope_stream(src)
+    header, size = read_header(reader, limits)
     length = None
-    if start is not None:
+    if encoding == "compact":
+        remaining = 0
+        while block := reader.read(1 << 20):
+            remaining += len(block)
+        length = payload_length(remaining, header.chunk_size)
+    elif start is not None:
         try:
             end = src.seek(0, io.SEEK_END)
             length = payload_length(end - start - size, header.chunk_size)
         except (OSError, ValueError):
             length = None
-    return _info(header, "binary", size, length)
+    return _info(header, encoding, size, length)
 
 
 def _tell(src: BinaryIO) -> int | None:
