@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import BinaryIO
 
 from .errors import MalformedEnvelopeError
@@ -22,23 +23,32 @@ def to_compact(binary: bytes) -> bytes:
     return COMPACT_PREFIX + base64.urlsafe_b64encode(binary).rstrip(b"=")
 
 
+_ALPHABET = re.compile(rb"^[A-Za-z0-9_-]*$")
+
+
 def _b64decode(text: bytes) -> bytes:
+    """Strict unpadded base64url: only the URL-safe alphabet, canonical final group."""
     pad = -len(text) % 4
-    if pad == 3:
-        raise MalformedEnvelopeError("compact envelope has an invalid length")
+    if pad == 3 or not _ALPHABET.match(text):
+        raise MalformedEnvelopeError("compact envelope is not valid unpadded base64url")
     try:
-        return base64.b64decode(text + b"=" * pad, altchars=b"-_", validate=True)
+        data = base64.urlsafe_b64decode(text + b"=" * pad)
     except (binascii.Error, ValueError):
         raise MalformedEnvelopeError("compact envelope is not valid base64url") from None
+    if pad:  # the unused low bits of the final group must be zero
+        tail = 4 - pad
+        if base64.urlsafe_b64encode(data[-(tail - 1) :]).rstrip(b"=") != text[-tail:]:
+            raise MalformedEnvelopeError("compact envelope has non-canonical base64url")
+    return data
 
 
 def from_compact(text: bytes | str) -> bytes:
     """Binary envelope from its compact form (ASCII whitespace is ignored)."""
     raw = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
-    raw = raw.translate(None, _WHITESPACE)
+    raw = raw.lstrip(_WHITESPACE)
     if not raw.startswith(COMPACT_PREFIX):
         raise MalformedEnvelopeError("input is not a compact kmsenvelope envelope")
-    return _b64decode(raw[len(COMPACT_PREFIX) :])
+    return _b64decode(raw[len(COMPACT_PREFIX) :].translate(None, _WHITESPACE))
 
 
 class ArmorWriter:

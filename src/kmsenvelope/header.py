@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha256
 from types import MappingProxyType
 from typing import BinaryIO
@@ -73,6 +73,8 @@ def encode_context(context: Mapping[str, str]) -> bytes:
     """Canonical encoding of an encryption context (sorted by UTF-8 key bytes)."""
     out = bytearray()
     items = sorted((k.encode("utf-8"), v.encode("utf-8")) for k, v in context.items())
+    if len(items) > 0xFFFF:
+        raise ValueError("an encryption context has at most 65535 entries")
     out += struct.pack(">H", len(items))
     for k, v in items:
         if not k or len(k) > 0xFFFF or len(v) > 0xFFFF:
@@ -104,6 +106,7 @@ class Header:
     context: Mapping[str, str]
     recipients: tuple[WrappedKey, ...]
     mac: bytes = b""
+    raw: bytes = field(default=b"", repr=False)  # authenticated bytes exactly as read
 
     def body(self) -> bytes:
         """The header body bytes (what the length field counts)."""
@@ -128,7 +131,12 @@ class Header:
         return bytes(out)
 
     def authenticated_bytes(self) -> bytes:
-        """Magic, length and body: exactly the bytes the header MAC covers."""
+        """Magic, length and body: exactly the bytes the header MAC covers.
+
+        For a parsed header these are the bytes as received, never a re-encoding.
+        """
+        if self.raw:
+            return self.raw
         body = self.body()
         return _PREFIX.pack(MAGIC, len(body)) + body
 
@@ -219,10 +227,16 @@ def parse_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
         key_id = cur.text(cur.u16(), "key id")
         algorithm = cur.text(cur.u8(), "algorithm", ascii_only=True)
         params: dict[str, str] = {}
+        last_name: bytes | None = None
         for _ in range(cur.u8()):
-            pname = cur.text(cur.u8(), "param name")
-            if pname in params:
-                raise MalformedEnvelopeError("envelope recipient repeats a param")
+            name_raw = cur.take(cur.u8())
+            if last_name is not None and name_raw <= last_name:
+                raise MalformedEnvelopeError("envelope recipient params are unsorted or repeated")
+            last_name = name_raw
+            try:
+                pname = name_raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MalformedEnvelopeError("envelope header has an invalid param name") from None
             params[pname] = cur.text(cur.u16(), "param value")
         ciphertext = cur.take(cur.u16())
         try:
@@ -273,7 +287,9 @@ def read_header(src: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[Header,
     body = read_exact(src, body_len)
     mac = read_exact(src, MAC_SIZE)
     header = parse_body(body, limits)
-    header = Header(header.chunk_size, header.nonce, header.context, header.recipients, mac)
+    header = Header(
+        header.chunk_size, header.nonce, header.context, header.recipients, mac, head + body
+    )
     return header, _PREFIX.size + body_len + MAC_SIZE
 
 
@@ -291,10 +307,26 @@ def new_header(
     context: Mapping[str, str],
     recipients: Sequence[WrappedKey],
 ) -> Header:
-    """Build a header for writing, checking the writer-side rules."""
+    """Build a header for writing; refuse anything a v1 reader would reject."""
     check_chunk_size(chunk_size)
     if not recipients:
         raise ValueError("an envelope needs at least one recipient")
     if len(recipients) > DEFAULT_LIMITS.max_recipients:
         raise ValueError(f"at most {DEFAULT_LIMITS.max_recipients} recipients")
-    return Header(chunk_size, nonce, MappingProxyType(dict(context)), tuple(recipients))
+    if len(context) > DEFAULT_LIMITS.max_context_entries:
+        raise ValueError(
+            f"an encryption context has at most {DEFAULT_LIMITS.max_context_entries} entries"
+        )
+    for r in recipients:
+        if not (r.provider.isascii() and r.algorithm.isascii()):
+            raise ValueError("provider and algorithm names must be ASCII")
+        try:
+            ok = scheme_of(r.key_id) == r.provider
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"recipient key id {r.key_id!r} does not use scheme {r.provider!r}")
+    header = Header(chunk_size, nonce, MappingProxyType(dict(context)), tuple(recipients))
+    if len(header.body()) > DEFAULT_LIMITS.max_header_size:
+        raise ValueError(f"the header would exceed {DEFAULT_LIMITS.max_header_size} bytes")
+    return header

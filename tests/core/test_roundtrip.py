@@ -139,3 +139,21 @@ def test_round_trip_property(data: bytes, chunk: int, context: dict[str, str], a
     blob = engine().encrypt(data, [KEK], context, armor=armor, chunk_size=chunk)
     assert engine().decrypt(blob, context) == data
     assert dict(engine().inspect(blob).context) == context
+
+
+def test_writer_refuses_what_readers_reject() -> None:
+    """Writers never produce an envelope their own reader would refuse."""
+    with pytest.raises(ValueError, match="256 entries"):
+        engine().encrypt(b"x", [KEK], {f"k{i}": "v" for i in range(257)})
+    assert engine().decrypt(engine().encrypt(b"x", [KEK], {f"k{i}": "v" for i in range(256)}))
+    with pytest.raises(ValueError, match="exceed"):
+        engine().encrypt(b"x", [KEK], {f"k{i}": "v" * 60000 for i in range(20)})
+
+
+def test_compact_prefix_must_be_contiguous() -> None:
+    from kmsenvelope import MalformedEnvelopeError
+
+    blob = engine().encrypt(b"hello", [KEK], armor=True).decode()
+    assert engine().decrypt("  \n" + blob) == b"hello"
+    with pytest.raises(MalformedEnvelopeError):
+        engine().decrypt("kms env1." + blob[len("kmsenv1.") :])

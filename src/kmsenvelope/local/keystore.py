@@ -61,6 +61,7 @@ BACKUP_FORMAT = "kmsenvelope-keystore-backup/1"
 AES_ALG = "AES-256-GCM"
 RSA_ALG = "RSA-OAEP-SHA256"
 _CHECK = b"kmsenvelope keystore passphrase check"
+VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,9}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 DEFAULT_KDF: dict[str, Any] = {"name": "argon2id", "iterations": 3, "memory_kib": 65536, "lanes": 4}
 _OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
@@ -670,6 +671,6 @@ def _find_version(doc: Mapping[str, Any], version: int) -> dict[str, Any] | None
 def parse_version(key_id: str, name: str) -> int:
     """The version in ``local:NAME/VERSION`` (``UnwrapError`` if it names another key)."""
     prefix = f"local:{name}/"
-    if not key_id.startswith(prefix) or not key_id[len(prefix) :].isdigit():
+    if not key_id.startswith(prefix) or not VERSION_PATTERN.match(key_id[len(prefix) :]):
         raise UnwrapError(f"{key_id}: not a version of local:{name}")
     return int(key_id[len(prefix) :])

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError, KeystoreError
 from ..kek import WrappedKey
-from .keystore import Keystore, check_name
+from .keystore import VERSION_PATTERN, Keystore, check_name
 
 __all__ = ["LocalKEK", "default_keystore_dir", "factory", "open_keystore", "passphrase_from_env"]
 
@@ -71,7 +71,7 @@ def parse_uri(uri: str) -> tuple[str, int | None]:
     check_name(name)
     if not sep:
         return name, None
-    if not version.isdigit() or int(version) < 1:
+    if not VERSION_PATTERN.match(version):
         raise ConfigError(f"invalid key version in {uri!r} (expected local:NAME/N, N >= 1)")
     return name, int(version)
 
