@@ -266,3 +266,15 @@ def test_progress_bar_draws_and_finishes() -> None:
     assert "encrypting" in text
     assert "50%" in text
     assert text.endswith("\n")
+
+
+def test_restore_with_wrong_backup_passphrase_creates_nothing(
+    cli_keystore: Path, tmp_path: Path
+) -> None:
+    backup = tmp_path / "b.json"
+    assert run("keys", "backup", str(backup)).returncode == 0
+    target = tmp_path / "new-keystore"
+    env = {**os.environ, "KMSENVELOPE_BACKUP_PASSPHRASE": "not the one"}
+    proc = run("--keystore", str(target), "keys", "restore", str(backup), env=env)
+    assert_one_line_error(proc, 11)
+    assert not target.exists()

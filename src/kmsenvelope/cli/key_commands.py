@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from ..local.keystore import KEY_TYPES, Keystore
+from ..local.keystore import KEY_TYPES, Keystore, read_backup
 from ..local.provider import passphrase_from_env
 from .context import CliContext, Subcommands
 
@@ -87,8 +87,10 @@ def _backup(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def _restore(ctx: CliContext, args: argparse.Namespace) -> int:
+    passphrase = _backup_passphrase()
+    read_backup(args.file, passphrase)  # check the backup opens before creating a keystore
     store = ctx.open_keystore(create=not Keystore.exists(ctx.keystore_path))
-    names = store.restore(args.file, _backup_passphrase())
+    names = store.restore(args.file, passphrase)
     _say(args, f"restored {len(names)} key(s) into {ctx.keystore_path}: {', '.join(names)}")
     return 0
 

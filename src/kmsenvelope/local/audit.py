@@ -53,14 +53,69 @@ class AuditLog:
     def _hash(self, prev: str, body: Mapping[str, Any]) -> str:
         return hmac.new(self._key, prev.encode() + b"\n" + _canonical(body), sha256).hexdigest()
 
-    def _read_head(self) -> tuple[int, str]:
+    def _head_mac(self, seq: int, digest: str) -> str:
+        return hmac.new(self._key, f"audit.head|{seq}|{digest}".encode(), sha256).hexdigest()
+
+    def _read_head(self) -> tuple[int, str] | None:
+        """The authenticated (seq, hash) of the last entry, or None if there is no head file."""
         try:
             data = json.loads(self.head_path.read_text())
-            return int(data["seq"]), str(data["hash"])
+            seq, digest, mac = int(data["seq"]), str(data["hash"]), str(data["mac"])
         except FileNotFoundError:
-            return 0, GENESIS
+            return None
         except (ValueError, KeyError, TypeError):
-            raise AuditLogError(f"{self.head_path}: audit head is unreadable") from None
+            raise AuditLogError(f"{self.head_path}: audit head is unreadable (edited?)") from None
+        if not hmac.compare_digest(mac, self._head_mac(seq, digest)):
+            raise AuditLogError(f"{self.head_path}: audit head was modified (MAC mismatch)")
+        return seq, digest
+
+    def _write_head(self, seq: int, digest: str) -> None:
+        doc = {"seq": seq, "hash": digest, "mac": self._head_mac(seq, digest)}
+        atomic_write(self.head_path, _canonical(doc))
+
+    def _last_entry(self) -> dict[str, Any] | None:
+        """The last complete line of the log (reads only the file's tail)."""
+        try:
+            with self.path.open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - 65536))
+                tail = fh.read()
+        except FileNotFoundError:
+            return None
+        lines = [line for line in tail.split(b"\n") if line.strip()]
+        if not lines:
+            return None
+        try:
+            entry = json.loads(lines[-1])
+        except ValueError:
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    def _valid_successor(self, entry: Mapping[str, Any] | None, seq: int, prev: str) -> bool:
+        """Is ``entry`` a correctly chained entry ``seq + 1`` after ``prev``?"""
+        if entry is None or entry.get("seq") != seq + 1 or entry.get("prev") != prev:
+            return False
+        body = {k: v for k, v in entry.items() if k != "hash"}
+        stored = entry.get("hash")
+        return isinstance(stored, str) and hmac.compare_digest(stored, self._hash(prev, body))
+
+    def _current_end(self) -> tuple[int, str]:
+        """Where the next entry chains from, repairing a head left behind by a crash."""
+        head = self._read_head()
+        last = self._last_entry()
+        if head is None:
+            if last is not None:
+                raise AuditLogError(
+                    f"{self.head_path} is missing but {self.path} has entries: "
+                    "the audit trail was tampered with (run 'kmsenvelope audit verify')"
+                )
+            return 0, GENESIS
+        seq, prev = head
+        if self._valid_successor(last, seq, prev):
+            assert last is not None  # a crash between the log line and the head: adopt it
+            seq, prev = int(last["seq"]), str(last["hash"])
+            self._write_head(seq, prev)
+        return seq, prev
 
     def append(
         self,
@@ -71,7 +126,7 @@ class AuditLog:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         """Append one entry (call with the keystore's exclusive lock held)."""
-        seq, prev = self._read_head()
+        seq, prev = self._current_end()
         body: dict[str, Any] = {
             "seq": seq + 1,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -93,11 +148,16 @@ class AuditLog:
             os.fsync(fd)
         finally:
             os.close(fd)
-        atomic_write(self.head_path, _canonical({"seq": seq + 1, "hash": digest}))
+        self._write_head(seq + 1, digest)
 
     def verify(self) -> AuditReport:
         """Check every entry and the head; raise ``AuditLogError`` saying where it breaks."""
-        head_seq, head_hash = self._read_head()
+        head = self._read_head()
+        if head is None:
+            raise AuditLogError(
+                f"{self.head_path} is missing: the audit trail was deleted or replaced"
+            )
+        head_seq, head_hash = head
         prev = GENESIS
         count = 0
         try:
@@ -131,9 +191,14 @@ class AuditLog:
                 stored, self._hash(prev, entry)
             ):
                 raise AuditLogError(f"{where}: entry {seq} was modified (hash does not match)")
+            if count == head_seq and not hmac.compare_digest(prev, head_hash):
+                raise AuditLogError(f"{where}: the log does not pass through the recorded head")
             prev = stored
             count += 1
-        if count != head_seq or not hmac.compare_digest(prev, head_hash):
+        # The head may lag the log by one entry if a process died between the two writes.
+        if count not in (head_seq, head_seq + 1) or (
+            count == head_seq and not hmac.compare_digest(prev, head_hash)
+        ):
             raise AuditLogError(
                 f"{self.path}: log ends at entry {count} but the head records entry {head_seq}: "
                 "entries were removed from the end, or the log was replaced"

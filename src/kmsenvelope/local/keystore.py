@@ -88,7 +88,7 @@ def _canonical(doc: Mapping[str, Any]) -> bytes:
 
 def check_name(name: str) -> str:
     """Validate a key name (letters, digits, ``_ . -``; at most 128 characters)."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(
             f"invalid key name {name!r}: use 1-128 letters, digits, '_', '.', '-' "
             "(starting with a letter or digit)"
@@ -108,7 +108,9 @@ def _derive_root(passphrase: str, kdf: Mapping[str, Any], salt: bytes) -> bytes:
             memory_cost=int(kdf["memory_kib"]),
         ).derive(passphrase.encode("utf-8"))
     except (KeyError, ValueError, TypeError):
-        raise KeystoreCorruptError("keystore KDF parameters are invalid") from None
+        raise KeystoreCorruptError(
+            "keystore KDF parameters are invalid (keystore.json or backup corrupted)"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,10 +466,11 @@ class Keystore:
     ) -> WrappedKey:
         """Wrap ``dek`` with ``name`` at ``version`` (default: current) and audit it."""
         with self._lock():
-            doc = self._load(name)
-            ver = int(doc["current"]) if version is None else version
-            key_id = f"local:{name}/{ver}"
+            key_id = f"local:{name}" if version is None else f"local:{name}/{version}"
             try:
+                doc = self._load(name)
+                ver = int(doc["current"]) if version is None else version
+                key_id = f"local:{name}/{ver}"
                 entry = self._usable(doc, ver)
                 path = self._key_path(name)
                 if doc["type"] == "aes256":
@@ -488,9 +491,9 @@ class Keystore:
     def unwrap(self, name: str, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
         """Unwrap a data key wrapped by any version of ``name``, and audit it."""
         key_id = wrapped.key_id
-        version = parse_version(key_id, name)
         with self._lock():
             try:
+                version = parse_version(key_id, name)
                 doc = self._load(name)
                 entry = self._usable(doc, version)
                 raw = self._open_material(name, version, entry["material"], self._key_path(name))
@@ -671,6 +674,6 @@ def _find_version(doc: Mapping[str, Any], version: int) -> dict[str, Any] | None
 def parse_version(key_id: str, name: str) -> int:
     """The version in ``local:NAME/VERSION`` (``UnwrapError`` if it names another key)."""
     prefix = f"local:{name}/"
-    if not key_id.startswith(prefix) or not VERSION_PATTERN.match(key_id[len(prefix) :]):
+    if not key_id.startswith(prefix) or not VERSION_PATTERN.fullmatch(key_id[len(prefix) :]):
         raise UnwrapError(f"{key_id}: not a version of local:{name}")
     return int(key_id[len(prefix) :])

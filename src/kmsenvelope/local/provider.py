@@ -71,7 +71,7 @@ def parse_uri(uri: str) -> tuple[str, int | None]:
     check_name(name)
     if not sep:
         return name, None
-    if not VERSION_PATTERN.match(version):
+    if not VERSION_PATTERN.fullmatch(version):
         raise ConfigError(f"invalid key version in {uri!r} (expected local:NAME/N, N >= 1)")
     return name, int(version)
 
