@@ -20,6 +20,10 @@ Subclass :class:`ProviderConformance` in your own tests and supply three fixture
         def unknown_key(self):          # the URI of a key that does not exist
             return "mykms:no-such-key"
 
+        @pytest.fixture
+        def other_kek(self):            # optional: another key of the same provider
+            return my_factory("mykms:key-2", {})
+
 pytest collects the ``test_*`` methods below. They need ``pytest`` (a test dependency, not a
 dependency of kmsenvelope itself).
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -144,6 +149,31 @@ class ProviderConformance:
             assert dek.hex() not in text
             assert repr(dek) not in text
             assert wrapped.ciphertext.hex() not in text
+
+    def test_refuses_another_keys_wrapped_key(
+        self, kek: KeyEncryptionKey, request: pytest.FixtureRequest
+    ) -> None:
+        """Optional fixture ``other_kek``: a second key of the same provider."""
+        try:
+            other: KeyEncryptionKey = request.getfixturevalue("other_kek")
+        except pytest.FixtureLookupError:
+            pytest.skip("define an 'other_kek' fixture to check cross-key refusal")
+        wrapped = other.wrap(os.urandom(32), CONTEXT)
+        with pytest.raises(KmsEnvelopeError):
+            kek.unwrap(wrapped, CONTEXT)
+
+    def test_concurrent_use_from_threads(self, kek: KeyEncryptionKey) -> None:
+        """One KEK instance shared by several threads (the engine does this)."""
+
+        def work(_: int) -> bool:
+            for _ in range(3):
+                dek = os.urandom(32)
+                if kek.unwrap(kek.wrap(dek, CONTEXT), CONTEXT) != dek:
+                    return False
+            return True
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert all(pool.map(work, range(4)))
 
     def test_envelope_round_trip(self, kek: KeyEncryptionKey, reopen: Reopen) -> None:
         blob = _engine(kek).encrypt(b"x" * 1000, [kek], CONTEXT, chunk_size=256)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -47,6 +48,7 @@ from .stream import (
 __all__ = ["Engine", "EnvelopeInfo", "Recipient"]
 
 Recipient = str | KeyEncryptionKey
+MAX_WRAP_THREADS = 8
 Progress = Callable[[int], None]
 
 
@@ -160,32 +162,33 @@ class Engine:
                 raise ConfigError("no recipients: pass at least one key URI or KEK")
         return [t if not isinstance(t, str) else self.open_key(t) for t in targets]
 
+    def _wrap_one(
+        self, kek: KeyEncryptionKey, dek: bytes, context: Mapping[str, str]
+    ) -> WrappedKey:
+        try:
+            w = kek.wrap(dek, context)
+        except KmsEnvelopeError:
+            raise
+        except Exception as exc:
+            raise ProviderError(f"{kek.key_id}: wrap failed: {_describe(exc)}") from exc
+        if not isinstance(w, WrappedKey):
+            raise ProviderError(f"{kek.key_id}: wrap returned {type(w).__name__}, not WrappedKey")
+        if _scheme_or_none(w.key_id) != w.provider:
+            raise ProviderError(
+                f"{kek.key_id}: wrap returned key id {w.key_id!r} that does not start with "
+                f"its provider {w.provider!r}"
+            )
+        return w
+
     def _wrap_all(
         self, keks: Sequence[KeyEncryptionKey], dek: bytes, context: Mapping[str, str]
     ) -> list[WrappedKey]:
-        wrapped: list[WrappedKey] = []
-        for kek in keks:
-            try:
-                w = kek.wrap(dek, context)
-            except KmsEnvelopeError:
-                raise
-            except Exception as exc:
-                raise ProviderError(f"{kek.key_id}: wrap failed: {_describe(exc)}") from exc
-            if not isinstance(w, WrappedKey):
-                raise ProviderError(
-                    f"{kek.key_id}: wrap returned {type(w).__name__}, not WrappedKey"
-                )
-            try:
-                ok = scheme_of(w.key_id) == w.provider
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ProviderError(
-                    f"{kek.key_id}: wrap returned key id {w.key_id!r} that does not start with "
-                    f"its provider {w.provider!r}"
-                )
-            wrapped.append(w)
-        return wrapped
+        """Wrap for every KEK; several recipients are wrapped concurrently (a KMS call each)."""
+        if len(keks) == 1:
+            return [self._wrap_one(keks[0], dek, context)]
+        with ThreadPoolExecutor(max_workers=min(len(keks), MAX_WRAP_THREADS)) as pool:
+            futures = [pool.submit(self._wrap_one, kek, dek, context) for kek in keks]
+            return [f.result() for f in futures]  # the first failure, in recipient order
 
     def _candidates(
         self, recipient: WrappedKey, keys: Sequence[KeyEncryptionKey]
@@ -199,18 +202,27 @@ class Engine:
         ]
         return exact + same_scheme
 
+    def _keks_for(
+        self, recipient: WrappedKey, keys: Sequence[KeyEncryptionKey], reasons: list[str]
+    ) -> Iterator[KeyEncryptionKey]:
+        """Supplied KEKs that may hold this recipient, then the registry's, opened lazily."""
+        candidates = self._candidates(recipient, keys)
+        yield from candidates
+        if any(k.key_id == recipient.key_id for k in candidates):
+            return  # the exact key was supplied; another instance of it would fail the same way
+        try:
+            kek = self.open_key(recipient.key_id)
+        except Exception as exc:  # unknown scheme, bad settings, plugin bug
+            reasons.append(_describe(exc))
+            return
+        yield kek
+
     def _unwrap_dek(self, header: Header, keys: Sequence[KeyEncryptionKey]) -> tuple[bytes, bytes]:
         """Find a recipient that unwraps; return ``(payload_key, mac_key)`` after the MAC check."""
         attempts: list[RecipientAttempt] = []
         for recipient in header.recipients:
-            candidates = self._candidates(recipient, keys)
             reasons: list[str] = []
-            if not candidates:
-                try:
-                    candidates = [self.open_key(recipient.key_id)]
-                except Exception as exc:  # unknown scheme, bad settings, plugin bug
-                    reasons.append(_describe(exc))
-            for kek in candidates:
+            for kek in self._keks_for(recipient, keys, reasons):
                 try:
                     dek = kek.unwrap(recipient, header.context)
                 except Exception as exc:

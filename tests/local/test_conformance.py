@@ -32,6 +32,11 @@ class TestLocalAesConformance(ProviderConformance):
     def unknown_key(self) -> str:
         return "local:does-not-exist"
 
+    @pytest.fixture
+    def other_kek(self, keystore: Keystore, keystore_dir: object) -> KeyEncryptionKey:
+        keystore.create_key("conf-other", "aes256")
+        return factory("local:conf-other", {"keystore": str(keystore_dir)})
+
 
 class TestLocalRsaConformance(TestLocalAesConformance):
     binds_context = False
