@@ -15,7 +15,8 @@ nox.options.default_venv_backend = "venv"
 ROOT = Path(__file__).parent
 PROVIDERS = sorted(str(p.parent) for p in ROOT.glob("providers/*/pyproject.toml"))
 EXAMPLE_PLUGIN = "tests/fixtures/example_plugin"
-TEST_DEPS = ["pytest>=8", "hypothesis>=6", "pytest-timeout"]
+TEST_DEPS = ["pytest>=8", "hypothesis>=6", "pytest-timeout", "moto[server]>=5"]
+TYPE_DEPS = ["mypy>=1.10", "pytest>=8", "boto3-stubs[kms]>=1.34"]
 
 
 def _install_project(session: nox.Session, *, providers: bool = True) -> None:
@@ -63,7 +64,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package and every provider."""
     _install_project(session)
-    session.install("mypy>=1.10", "pytest>=8")
+    session.install(*TYPE_DEPS)
     session.run("mypy", "--strict", "src", *(f"{p}/src" for p in PROVIDERS))
 
 

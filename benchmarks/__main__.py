@@ -69,8 +69,15 @@ def main() -> None:
     rows: list[dict[str, object]] = []
 
     def record(work: str, subject: str, seconds: float, baseline: float, unit: str) -> None:
-        rows.append({"work": work, "subject": subject, "median_s": seconds,
-                     "ratio_vs_baseline": baseline / seconds, "unit": unit})
+        rows.append(
+            {
+                "work": work,
+                "subject": subject,
+                "median_s": seconds,
+                "ratio_vs_baseline": baseline / seconds,
+                "unit": unit,
+            }
+        )
 
     with tempfile.TemporaryDirectory(prefix="kmsenvelope-bench-") as tmp:
         src = Path(tmp) / "plain"
@@ -90,10 +97,8 @@ def main() -> None:
                 engine.decrypt_stream(i, o)
 
         record("file→file", "copy (baseline)", t_copy, t_copy, "s")
-        record("file→file", "kmsenvelope encrypt", median_seconds(enc_file, args.runs), t_copy,
-               "s")
-        record("file→file", "kmsenvelope decrypt", median_seconds(dec_file, args.runs), t_copy,
-               "s")
+        record("file→file", "kmsenvelope encrypt", median_seconds(enc_file, args.runs), t_copy, "s")
+        record("file→file", "kmsenvelope decrypt", median_seconds(dec_file, args.runs), t_copy, "s")
 
     data = os.urandom(args.memory_mib * MiB)
     t_bare = median_seconds(lambda: bare_gcm_loop(data), args.runs)
@@ -101,12 +106,20 @@ def main() -> None:
     engine.encrypt_stream(io.BytesIO(data), blob_io, [kek])
     blob = blob_io.getvalue()
     record("in memory", "bare AES-GCM loop (baseline)", t_bare, t_bare, "s")
-    record("in memory", "kmsenvelope encrypt",
-           median_seconds(lambda: engine.encrypt_stream(io.BytesIO(data), Sink(), [kek]),
-                          args.runs), t_bare, "s")
-    record("in memory", "kmsenvelope decrypt",
-           median_seconds(lambda: engine.decrypt_stream(io.BytesIO(blob), Sink()), args.runs),
-           t_bare, "s")
+    record(
+        "in memory",
+        "kmsenvelope encrypt",
+        median_seconds(lambda: engine.encrypt_stream(io.BytesIO(data), Sink(), [kek]), args.runs),
+        t_bare,
+        "s",
+    )
+    record(
+        "in memory",
+        "kmsenvelope decrypt",
+        median_seconds(lambda: engine.decrypt_stream(io.BytesIO(blob), Sink()), args.runs),
+        t_bare,
+        "s",
+    )
 
     message = os.urandom(1024)
     n = args.messages
@@ -121,18 +134,28 @@ def main() -> None:
 
     t_env = median_seconds(bare_envelope, args.runs)
     record("1 KiB messages", "bare envelope (baseline)", t_env, t_env, f"{n} msgs")
-    record("1 KiB messages", "kmsenvelope encrypt",
-           median_seconds(lambda: [engine.encrypt(message, [kek]) for _ in range(n)], args.runs),
-           t_env, f"{n} msgs")
+    record(
+        "1 KiB messages",
+        "kmsenvelope encrypt",
+        median_seconds(lambda: [engine.encrypt(message, [kek]) for _ in range(n)], args.runs),
+        t_env,
+        f"{n} msgs",
+    )
     sealed = engine.encrypt(message, [kek])
-    record("1 KiB messages", "kmsenvelope decrypt",
-           median_seconds(lambda: [engine.decrypt(sealed) for _ in range(n)], args.runs),
-           t_env, f"{n} msgs")
+    record(
+        "1 KiB messages",
+        "kmsenvelope decrypt",
+        median_seconds(lambda: [engine.decrypt(sealed) for _ in range(n)], args.runs),
+        t_env,
+        f"{n} msgs",
+    )
 
-    print(f"{'work':<16} {'subject':<32} {'median':>10} {'× baseline':>11}")
+    print(f"{'work':<16} {'subject':<32} {'median':>10} {'x baseline':>11}")
     for r in rows:
-        print(f"{r['work']:<16} {r['subject']:<32} {r['median_s']:>9.3f}s "
-              f"{r['ratio_vs_baseline']:>10.2f}×")
+        print(
+            f"{r['work']:<16} {r['subject']:<32} {r['median_s']:>9.3f}s "
+            f"{r['ratio_vs_baseline']:>10.2f}x"
+        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
 

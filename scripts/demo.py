@@ -43,16 +43,30 @@ def main() -> None:
         step("create a keystore and an AES-256 key", "keys", "create", "demo", env=env, cwd=work)
         step(
             "encrypt for that key, binding a context",
-            "encrypt", "-i", "report.csv", "-o", "report.csv.kmsenv",
-            "--to", "local:demo", "--context", "purpose=demo",
-            env=env, cwd=work,
+            "encrypt",
+            "-i",
+            "report.csv",
+            "-o",
+            "report.csv.kmsenv",
+            "--to",
+            "local:demo",
+            "--context",
+            "purpose=demo",
+            env=env,
+            cwd=work,
         )
         step("read the header without any key", "inspect", "report.csv.kmsenv", env=env, cwd=work)
         step(
             "decrypt (the context must match)",
-            "decrypt", "-i", "report.csv.kmsenv", "-o", "report.out.csv",
-            "--context", "purpose=demo",
-            env=env, cwd=work,
+            "decrypt",
+            "-i",
+            "report.csv.kmsenv",
+            "-o",
+            "report.out.csv",
+            "--context",
+            "purpose=demo",
+            env=env,
+            cwd=work,
         )
         step("list keys", "keys", "list", env=env, cwd=work)
         step("verify the audit trail", "audit", "verify", env=env, cwd=work)

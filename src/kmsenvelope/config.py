@@ -44,7 +44,12 @@ KEYSTORE_ENV = "KMSENVELOPE_KEYSTORE"
 PROVIDER_ENV_PREFIX = "KMSENVELOPE_PROVIDERS__"
 _TOP_KEYS = {"recipients", "profile", "context", "providers", "profiles"}
 _PROFILE_KEYS = {"recipients", "context", "providers"}
-_SECRET = re.compile(r"(pin|pass|secret|token|password|credential_key|private)", re.IGNORECASE)
+# Setting names whose values are secrets (``token`` alone is a PKCS#11 token label: not secret).
+_SECRET = re.compile(
+    r"(?:^|[_-])(pin|pass(?:word|phrase)?|secret|private[_-]?key|(?:session|access|sas|"
+    r"refresh|bearer)[_-]?token|api[_-]?key|credentials?)(?:$|[_-])",
+    re.IGNORECASE,
+)
 REDACTED = "***"
 
 

@@ -235,7 +235,10 @@ class Engine:
                 if not header.verify_mac(mac_key):
                     raise AuthenticationError()
                 return payload_key, mac_key
-            attempts.append(RecipientAttempt(recipient.key_id, "; ".join(reasons)))
+            # Providers usually prefix their messages with the key id; say it once.
+            prefix = f"{recipient.key_id}: "
+            reason = "; ".join(r.removeprefix(prefix) for r in reasons)
+            attempts.append(RecipientAttempt(recipient.key_id, reason))
         raise NoRecipientError(attempts)
 
     # -- encryption -------------------------------------------------------------------------

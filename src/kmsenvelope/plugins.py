@@ -25,8 +25,10 @@ from .kek import KeyEncryptionKey, ProviderFactory, scheme_of
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PROJECT",
+    "KeyCreator",
     "ProviderInfo",
     "ProviderRegistry",
+    "RegisterKeyCreator",
     "RegisterProvider",
     "hookimpl",
     "hookspec",
@@ -41,6 +43,9 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 RegisterProvider = Callable[[str, ProviderFactory], None]
+KeyCreator = Callable[[str, Mapping[str, Any], str], str]
+"""``creator(uri, settings, key_type) -> uri``: make the key ``uri`` names; return its URI."""
+RegisterKeyCreator = Callable[[str, KeyCreator], None]
 
 
 class _Hookspecs:
@@ -49,6 +54,11 @@ class _Hookspecs:
     @hookspec
     def kmsenvelope_register_providers(self, register: RegisterProvider) -> None:
         """Call ``register(scheme, factory)`` once per URI scheme this plugin provides."""
+
+    @hookspec
+    def kmsenvelope_register_key_creators(self, register: RegisterKeyCreator) -> None:
+        """Optional: call ``register(scheme, creator)`` for schemes whose keys
+        ``kmsenvelope keys create URI`` may create (``creator(uri, settings, key_type)``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +91,7 @@ class ProviderRegistry:
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(_Hookspecs)
         self._providers: dict[str, ProviderInfo] = {}
+        self._creators: dict[str, KeyCreator] = {}
 
     @classmethod
     def load(
@@ -151,8 +162,15 @@ class ProviderRegistry:
                 )
             self._providers[scheme] = ProviderInfo(scheme, name, distribution, version, factory)
 
+        def register_creator(scheme: str, creator: KeyCreator) -> None:
+            if scheme in self._creators or not callable(creator):
+                raise PluginError(f"plugin {name!r} registered a bad or duplicate key creator")
+            self._creators[scheme] = creator
+
+        creators = self._pm.subset_hook_caller("kmsenvelope_register_key_creators", others)
         try:
             caller(register=register)
+            creators(register=register_creator)
         except PluginError:
             raise
         except Exception as exc:
@@ -169,6 +187,17 @@ class ProviderRegistry:
     def providers(self) -> Mapping[str, ProviderInfo]:
         """Registered providers by scheme."""
         return dict(self._providers)
+
+    def key_creator(self, scheme: str) -> KeyCreator:
+        """The key creator a plugin registered for ``scheme``, or ``UnknownSchemeError``."""
+        self.factory_for(scheme)  # unknown scheme: the usual error listing what is installed
+        creator = self._creators.get(scheme)
+        if creator is None:
+            raise UnknownSchemeError(
+                f"provider {scheme!r} cannot create keys from the command line; create the key "
+                "with the provider's own tools (see its documentation)"
+            )
+        return creator
 
     def factory_for(self, scheme: str) -> ProviderFactory:
         """The factory for ``scheme``, or ``UnknownSchemeError`` listing what is installed."""

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = r"""
-import io, json, resource, sys
+import io, json, sys
 from kmsenvelope import Engine, ProviderRegistry
 from kmsenvelope.config import Config
 from kmsenvelope.memory import InMemoryKEK
@@ -38,7 +38,10 @@ sink = Sink()
 with open(path, "rb") as src:
     engine.decrypt_stream(src, sink)
 assert sink.count == size, sink.count
-print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+# VmHWM belongs to this process image; ru_maxrss would include the forking parent's RSS.
+with open("/proc/self/status") as fh:
+    hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+print(json.dumps({"maxrss_kib": hwm}))
 """
 
 

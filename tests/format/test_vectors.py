@@ -37,6 +37,7 @@ POSITIVE = [v for v in VECTORS if v["expected"] == "ok"]
 NEGATIVE = [v for v in VECTORS if v["expected"] != "ok"]
 KEKS = {key_id: bytes.fromhex(k["key"]) for key_id, k in DOC["test_keks"].items()}
 
+
 def _ids(vectors: list[dict[str, Any]]) -> list[str]:
     return [v["name"] for v in vectors]
 

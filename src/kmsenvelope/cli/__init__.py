@@ -10,6 +10,7 @@ plugin failure; 6 provider error; 7 provider unavailable or throttled; 8 access 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", metavar="NAME", help="config profile to use")
     parser.add_argument("--keystore", metavar="DIR", help="local keystore directory")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or status")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)"
+    )
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
@@ -60,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
     ctx = CliContext(args)
     try:
         return int(args.handler(ctx, args))
@@ -86,6 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def _configure_logging(verbose: int) -> None:
+    """Quiet by default: provider SDKs must not print their own lines before our error line."""
+    root = logging.getLogger()
+    if verbose or os.environ.get(DEBUG_ENV):
+        level = logging.DEBUG if verbose > 1 or os.environ.get(DEBUG_ENV) else logging.INFO
+        logging.basicConfig(level=level, format="kmsenvelope: %(name)s: %(message)s")
+    elif not root.handlers:
+        root.addHandler(logging.NullHandler())  # no "last resort" printing of SDK warnings
 
 
 def _quiet_pipe() -> bool:

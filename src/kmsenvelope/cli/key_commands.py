@@ -7,12 +7,15 @@ import json
 import os
 import sys
 
+from ..errors import ConfigError
+from ..kek import scheme_of
 from ..local.keystore import KEY_TYPES, Keystore, read_backup
 from ..local.provider import passphrase_from_env
 from .context import CliContext, Subcommands
 
 __all__ = ["add_key_commands"]
 
+ALL_KEY_TYPES = ("aes128", "aes256", "rsa2048", "rsa3072", "rsa4096")
 BACKUP_PASSPHRASE_ENV = "KMSENVELOPE_BACKUP_PASSPHRASE"  # noqa: S105 - a variable name
 
 
@@ -22,9 +25,28 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 
 def _create(ctx: CliContext, args: argparse.Namespace) -> int:
-    info = ctx.open_keystore(create=True).create_key(args.name, args.type)
+    if ":" in args.name and not args.name.startswith("local:"):
+        return _create_with_provider(ctx, args)
+    name = args.name.removeprefix("local:")
+    key_type = args.type or "aes256"
+    if key_type not in KEY_TYPES:
+        raise ConfigError(f"the local HSM makes {' and '.join(KEY_TYPES)} keys, not {key_type}")
+    info = ctx.open_keystore(create=True).create_key(name, key_type)
     _say(args, f"created {info.uri} ({info.type}, version {info.current}) in {ctx.keystore_path}")
     print(info.uri)
+    return 0
+
+
+def _create_with_provider(ctx: CliContext, args: argparse.Namespace) -> int:
+    """``keys create pkcs11:token=…;object=…``: delegate to the provider's key creator."""
+    try:
+        scheme = scheme_of(args.name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    creator = ctx.engine.registry.key_creator(scheme)
+    uri = creator(args.name, ctx.config.provider_settings(scheme), args.type or "aes256")
+    _say(args, f"created {uri}")
+    print(uri)
     return 0
 
 
@@ -100,9 +122,18 @@ def add_key_commands(sub: Subcommands) -> None:
     keys = sub.add_parser("keys", help="manage keys in the local software HSM")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
 
-    p = ksub.add_parser("create", help="create a key (and the keystore if needed)")
-    p.add_argument("name")
-    p.add_argument("--type", choices=KEY_TYPES, default="aes256")
+    p = ksub.add_parser(
+        "create",
+        help="create a key: NAME in the local HSM (keystore created if needed), or a provider "
+        "URI such as 'pkcs11:token=T;object=NAME' for providers that can create keys",
+    )
+    p.add_argument("name", metavar="NAME|URI")
+    p.add_argument(
+        "--type",
+        choices=ALL_KEY_TYPES,
+        default=None,
+        help="key type (default aes256; the local HSM makes aes256 and rsa3072)",
+    )
     p.set_defaults(handler=_create)
 
     p = ksub.add_parser("list", help="list keys and versions")

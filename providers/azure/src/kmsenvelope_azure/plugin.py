@@ -1,0 +1,44 @@
+"""The kmsenvelope plugin: registers the ``azure-kv`` scheme.
+
+Loaded through the ``kmsenvelope`` entry-point group (entry point ``azure-kv``), exactly like a
+third-party plugin. The Azure SDK is imported on the first key opened, not when the plugin
+loads, so listing providers stays fast.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import kmsenvelope
+from kmsenvelope.kek import KeyEncryptionKey
+from kmsenvelope.plugins import RegisterProvider
+
+from .uri import SCHEME
+
+if TYPE_CHECKING:
+    from .provider import AzureKeyVaultProvider
+
+__all__ = ["SCHEME", "kmsenvelope_register_providers", "open_key"]
+
+_lock = threading.Lock()
+_provider: AzureKeyVaultProvider | None = None
+
+
+def open_key(uri: str, settings: Mapping[str, Any], /) -> KeyEncryptionKey:
+    """The registered factory: open ``uri`` with the process-wide provider instance."""
+    global _provider
+    with _lock:
+        if _provider is None:
+            from .provider import AzureKeyVaultProvider
+
+            _provider = AzureKeyVaultProvider()
+        provider = _provider
+    return provider(uri, settings)
+
+
+@kmsenvelope.hookimpl
+def kmsenvelope_register_providers(register: RegisterProvider) -> None:
+    """Register the ``azure-kv`` scheme."""
+    register(SCHEME, open_key)

@@ -1,0 +1,160 @@
+"""Real AWS error responses over real HTTP: a front end on 127.0.0.1 forwards to moto and
+injects the errors moto never sends (throttling, disabled, pending deletion, ...).
+
+Unlike the Stubber tests, these go through botocore's HTTP stack and error parsing, and the
+front end counts every request that actually reached the "service".
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from aws_testing import CONTEXT, OAEP_SHA256, FakeRsaKey
+
+import kmsenvelope
+from kmsenvelope import (
+    AccessDeniedError,
+    KeyDestroyedError,
+    KeyDisabledError,
+    ProviderUnavailableError,
+    ThrottledError,
+)
+from kmsenvelope_aws import AwsKmsKey
+
+DEK = bytes(range(32, 64))
+
+
+@pytest.fixture
+def proxied(fault_kms, settings):
+    return {**settings, "endpoint_url": fault_kms.url}
+
+
+def test_throttled_twice_then_success_over_http(make_key, fault_kms, proxied):
+    meta = make_key()
+    kek = AwsKmsKey(f"aws-kms:{meta['Arn']}", proxied)
+    fault_kms.fail("Encrypt", "ThrottlingException", "Rate exceeded", times=2)
+    fault_kms.fail("Decrypt", "ThrottlingException", "Rate exceeded", times=2)
+    wrapped = kek.wrap(DEK, CONTEXT)
+    assert kek.unwrap(wrapped, CONTEXT) == DEK
+    assert fault_kms.count("Encrypt") == 3
+    assert fault_kms.count("Decrypt") == 3
+
+
+def test_throttled_forever_makes_exactly_max_attempts_requests(make_key, fault_kms, proxied):
+    meta = make_key()
+    kek = AwsKmsKey(f"aws-kms:{meta['Arn']}", {**proxied, "max_attempts": 4})
+    kek.resolve()
+    fault_kms.fail("Encrypt", "ThrottlingException", "Rate exceeded", times=None)
+    start = time.monotonic()
+    with pytest.raises(ThrottledError) as info:
+        kek.wrap(DEK, CONTEXT)
+    assert time.monotonic() - start < 3
+    # botocore's own retries are off: what reached the service is exactly max_attempts.
+    assert fault_kms.count("Encrypt") == 4
+    assert "ThrottlingException" in str(info.value)
+    assert meta["Arn"] in str(info.value)
+
+
+def test_service_unavailable_503_is_retried_then_unavailable(make_key, fault_kms, proxied):
+    meta = make_key()
+    kek = AwsKmsKey(f"aws-kms:{meta['Arn']}", {**proxied, "max_attempts": 3})
+    fault_kms.fail("DescribeKey", "KMSInternalException", "internal", status=500, times=None)
+    with pytest.raises(ProviderUnavailableError) as info:
+        kek.wrap(DEK, {})
+    assert not isinstance(info.value, ThrottledError)
+    assert fault_kms.count("DescribeKey") == 3
+    assert "KMSInternalException" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("operation", "code", "message", "expected"),
+    [
+        ("Decrypt", "DisabledException", "{arn} is disabled.", KeyDisabledError),
+        ("Decrypt", "KMSInvalidStateException", "{arn} is pending deletion.", KeyDestroyedError),
+        ("Encrypt", "DisabledException", "{arn} is disabled.", KeyDisabledError),
+        (
+            "Encrypt",
+            "AccessDeniedException",
+            "User: arn:aws:iam::123456789012:user/app is not authorized to perform: kms:Encrypt",
+            AccessDeniedError,
+        ),
+    ],
+)
+def test_key_state_errors_over_http(
+    make_key, fault_kms, proxied, operation, code, message, expected
+):
+    meta = make_key()
+    kek = AwsKmsKey(f"aws-kms:{meta['Arn']}", proxied)
+    wrapped = kek.wrap(DEK, CONTEXT)  # moto happily wraps: it does not enforce key state
+    fault_kms.fail(operation, code, message.format(arn=meta["Arn"]))
+    if operation == "Decrypt":
+
+        def call():
+            return kek.unwrap(wrapped, CONTEXT)
+    else:
+
+        def call():
+            return kek.wrap(DEK, CONTEXT)
+
+    with pytest.raises(expected) as info:
+        call()
+    assert code in str(info.value)
+    assert meta["Arn"] in str(info.value)
+    # One refused request (after the good Encrypt of the setup): a key state is not retried.
+    assert fault_kms.count(operation) == (2 if operation == "Encrypt" else 1)
+
+
+def test_envelope_opens_with_the_other_key_while_one_is_unavailable(
+    make_key, fault_kms, registry, proxied
+):
+    down, up = make_key(), make_key()
+    engine = kmsenvelope.Engine(
+        registry=registry,
+        config=kmsenvelope.Config(providers={"aws-kms": {**proxied, "max_attempts": 2}}),
+    )
+    blob = engine.encrypt(
+        b"two recipients", [f"aws-kms:{down['Arn']}", f"aws-kms:{up['Arn']}"], CONTEXT
+    )
+    fault_kms.fail(
+        "Decrypt",
+        "KMSInternalException",
+        "internal",
+        status=500,
+        times=None,
+        when=lambda body: body.get("KeyId") == down["Arn"],
+    )
+    assert engine.decrypt(blob, CONTEXT) == b"two recipients"
+    decrypts = [body["KeyId"] for op, body in fault_kms.requests if op == "Decrypt"]
+    assert decrypts == [down["Arn"], down["Arn"], up["Arn"]]
+
+
+def test_rsa_envelope_round_trip_over_http(fault_kms, rsa_3072, registry, proxied):
+    fake = FakeRsaKey(rsa_3072)
+    fault_kms.answer(fake)
+    engine = kmsenvelope.Engine(
+        registry=registry, config=kmsenvelope.Config(providers={"aws-kms": proxied})
+    )
+    blobs = [engine.encrypt(b"rsa %d" % i, [fake.uri], CONTEXT) for i in range(3)]
+    (recipient,) = kmsenvelope.inspect(blobs[0]).recipients
+    assert recipient.algorithm == "RSAES_OAEP_SHA_256"
+    assert recipient.key_id == fake.uri
+    # Three envelopes, one DescribeKey and one GetPublicKey, no Encrypt at all.
+    assert fault_kms.count("DescribeKey") == 1
+    assert fault_kms.count("GetPublicKey") == 1
+    assert fault_kms.count("Encrypt") == 0
+    fresh = kmsenvelope.Engine(
+        registry=registry, config=kmsenvelope.Config(providers={"aws-kms": proxied})
+    )
+    assert [fresh.decrypt(b, CONTEXT) for b in blobs] == [b"rsa 0", b"rsa 1", b"rsa 2"]
+    assert fault_kms.count("Decrypt") == 3
+    # Opened by key id, the key is resolved for unwrapping, but the public key is not fetched:
+    # a decrypt-only principal needs no kms:GetPublicKey.
+    by_id = AwsKmsKey(f"aws-kms:{fake.key_id}", proxied)
+    assert by_id.unwrap(recipient, CONTEXT) == rsa_3072.decrypt(recipient.ciphertext, OAEP_SHA256)
+    assert fault_kms.count("GetPublicKey") == 1
+    assert fault_kms.count("DescribeKey") == 2
+    # The key is disabled later: unwrap fails with the real KMS error.
+    fault_kms.fail("Decrypt", "DisabledException", f"{fake.arn} is disabled.")
+    with pytest.raises(KeyDisabledError):
+        AwsKmsKey(fake.uri, proxied).unwrap(recipient, CONTEXT)
