@@ -219,6 +219,13 @@ class Engine:
 
     def _unwrap_dek(self, header: Header, keys: Sequence[KeyEncryptionKey]) -> tuple[bytes, bytes]:
         """Find a recipient that unwraps; return ``(payload_key, mac_key)`` after the MAC check."""
+        return derive_keys(self.unwrap_data_key(header, keys), header.nonce)
+
+    def unwrap_data_key(self, header: Header, keys: Sequence[KeyEncryptionKey] = ()) -> bytes:
+        """The envelope's DEK, from the first recipient that unwraps, checked by the header MAC.
+
+        Raises ``NoRecipientError`` (every recipient and why) or ``AuthenticationError``.
+        """
         attempts: list[RecipientAttempt] = []
         for recipient in header.recipients:
             reasons: list[str] = []
@@ -231,10 +238,10 @@ class Engine:
                 if not isinstance(dek, bytes | bytearray) or len(dek) != DEK_SIZE:
                     reasons.append("provider returned a data key of the wrong size")
                     continue
-                payload_key, mac_key = derive_keys(bytes(dek), header.nonce)
+                _payload_key, mac_key = derive_keys(bytes(dek), header.nonce)
                 if not header.verify_mac(mac_key):
                     raise AuthenticationError()
-                return payload_key, mac_key
+                return bytes(dek)
             # Providers usually prefix their messages with the key id; say it once.
             prefix = f"{recipient.key_id}: "
             reason = "; ".join(r.removeprefix(prefix) for r in reasons)
