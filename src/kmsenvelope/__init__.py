@@ -35,7 +35,7 @@ from .errors import (
     UnwrapError,
     WrongPassphraseError,
 )
-from .kek import KeyEncryptionKey, ProviderFactory, WrappedKey
+from .kek import KeyEncryptionKey, ProviderFactory, RotatableKey, WrappedKey
 from .plugins import ProviderRegistry, hookimpl
 
 __version__ = "0.1.0"
@@ -64,6 +64,7 @@ __all__ = [
     "ProviderRegistry",
     "ProviderUnavailableError",
     "RecipientAttempt",
+    "RotatableKey",
     "ThrottledError",
     "UnknownSchemeError",
     "UnwrapError",
@@ -77,6 +78,8 @@ __all__ = [
     "hookimpl",
     "inspect",
     "load_config",
+    "rewrap",
+    "rewrap_stream",
 ]
 
 _default: Engine | None = None
@@ -144,3 +147,48 @@ def decrypt_stream(
 def inspect(blob_or_file: bytes | bytearray | memoryview | str | BinaryIO) -> EnvelopeInfo:
     """Read an envelope's header (format, recipients, context) without any key."""
     return default_engine().inspect(blob_or_file)
+
+
+def rewrap(
+    envelope: bytes | bytearray | memoryview | str,
+    add: Iterable[Recipient] = (),
+    remove: Iterable[Recipient] = (),
+    *,
+    remove_providers: Iterable[str] = (),
+    rotate: bool = False,
+    keys: Sequence[KeyEncryptionKey] = (),
+) -> bytes:
+    """Change an envelope's recipients without touching its payload; same encoding out.
+
+    The data key is unwrapped through any recipient that works (``keys`` are tried first),
+    wrapped for ``add``; recipients named in ``remove`` (URI, versionless URI or KEK) or whose
+    provider is in ``remove_providers`` are dropped; ``rotate`` moves each recipient to its
+    key's current version. Removing the last recipient is refused. New recipients are verified
+    before the result is returned.
+    """
+    from .rewrapping import RewrapPlan, rewrap_bytes
+
+    plan = RewrapPlan.of(add, remove, remove_providers, rotate)
+    data = envelope if isinstance(envelope, str) else bytes(envelope)
+    return rewrap_bytes(default_engine(), data, plan, keys)[0]
+
+
+def rewrap_stream(
+    src: BinaryIO,
+    dst: BinaryIO,
+    add: Iterable[Recipient] = (),
+    remove: Iterable[Recipient] = (),
+    *,
+    remove_providers: Iterable[str] = (),
+    rotate: bool = False,
+    keys: Sequence[KeyEncryptionKey] = (),
+) -> bool:
+    """Streaming :func:`rewrap` for files: copies the payload in constant memory.
+
+    Returns whether anything changed (``dst`` receives the envelope either way).
+    """
+    from .rewrapping import RewrapPlan
+    from .rewrapping import rewrap_stream as _rewrap_stream
+
+    plan = RewrapPlan.of(add, remove, remove_providers, rotate)
+    return _rewrap_stream(default_engine(), src, dst, plan, keys).changed

@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 __all__ = [
     "KeyEncryptionKey",
     "ProviderFactory",
+    "RotatableKey",
     "WrappedKey",
     "scheme_of",
 ]
@@ -101,6 +102,19 @@ class KeyEncryptionKey(Protocol):
 
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
         """Return the data key inside ``wrapped``, or raise a ``ProviderError``."""
+        ...
+
+
+@runtime_checkable
+class RotatableKey(Protocol):
+    """Optional extension of a KEK whose keys have versions (local HSM, Azure Key Vault).
+
+    ``latest()`` returns the KEK for the key's *current* version; ``rewrap(rotate=True)`` uses
+    it to move recipients to new key versions. Keys without it are left as they are.
+    """
+
+    def latest(self) -> KeyEncryptionKey:
+        """This key at its current version (a versionless KEK)."""
         ...
 
 

@@ -98,6 +98,14 @@ class LocalKEK:
             self._store = open_keystore(self._settings)
         return self._store
 
+    def latest(self) -> LocalKEK:
+        """This key at its current version (``local:NAME``)."""
+        if self._version is None:
+            return self
+        kek = LocalKEK(f"local:{self._name}", self._settings)
+        kek._store = self._store
+        return kek
+
     def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
         return self.keystore.wrap(self._name, self._version, dek, context)
 

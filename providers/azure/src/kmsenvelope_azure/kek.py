@@ -112,6 +112,15 @@ class AzureKeyVaultKEK:
     def __repr__(self) -> str:
         return f"AzureKeyVaultKEK({self._key.uri!r})"
 
+    def latest(self) -> AzureKeyVaultKEK:
+        """This key at its current version (versionless; resolved at each wrap), for rotation."""
+        if self._key.version is None:
+            return self
+        versionless = KeyUri(self._key.vault_url, self._key.name)
+        return AzureKeyVaultKEK(
+            versionless, self._client, self._settings, clock=self._clock, now=self._now
+        )
+
     # -- key metadata -----------------------------------------------------------------------
 
     def _fetch(self) -> _KeyState:
