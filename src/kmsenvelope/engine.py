@@ -146,6 +146,14 @@ class Engine:
         with self._lock:
             return self._cache.setdefault(uri, kek)
 
+    def open_fresh(self, uri: str) -> KeyEncryptionKey:
+        """A new, uncached KEK instance for ``uri`` (used to verify freshly wrapped keys)."""
+        try:
+            scheme = scheme_of(uri)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return self.registry.open(uri, self.config.provider_settings(scheme))
+
     def _resolve(self, to: Iterable[Recipient] | None) -> list[KeyEncryptionKey]:
         if to is None:
             targets: list[Recipient] = list(self.config.recipients)

@@ -21,7 +21,8 @@
     ├── KeystoreError                   local HSM keystore problem          exit 11
     │   ├── WrongPassphraseError        passphrase does not open keystore   exit 11
     │   └── KeystoreCorruptError        a keystore file fails to parse      exit 11
-    └── AuditLogError                   audit hash chain broken             exit 12
+    ├── AuditLogError                   audit hash chain broken             exit 12
+    └── MigrationIncompleteError        some envelopes were not migrated    exit 13
 
 Messages never contain key material, plaintext or passphrases.
 """
@@ -44,6 +45,7 @@ __all__ = [
     "KeystoreError",
     "KmsEnvelopeError",
     "MalformedEnvelopeError",
+    "MigrationIncompleteError",
     "NoRecipientError",
     "PluginError",
     "ProviderError",
@@ -135,9 +137,17 @@ class ProviderError(KmsEnvelopeError):
 
 
 class ProviderUnavailableError(ProviderError):
-    """The provider could not be reached or kept failing transiently."""
+    """The provider could not be reached or kept failing transiently.
+
+    ``retry_after`` (seconds), when the service said how long to wait, is honoured by
+    callers that retry (bulk migration).
+    """
 
     exit_code = 7
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ThrottledError(ProviderUnavailableError):
@@ -190,3 +200,9 @@ class AuditLogError(KmsEnvelopeError):
     """The audit log's hash chain is broken: an entry was edited, removed or reordered."""
 
     exit_code = 12
+
+
+class MigrationIncompleteError(KmsEnvelopeError):
+    """A bulk re-wrap finished, but some envelopes failed or changed under it (see the report)."""
+
+    exit_code = 13

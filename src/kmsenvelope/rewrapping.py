@@ -124,6 +124,8 @@ def rewrap_header(
             if not isinstance(kek, RotatableKey):
                 continue
             newest = kek.latest()
+            if newest is kek:
+                continue  # no versions to move to
             w = engine._wrap_one(newest, dek, context)
             if w.key_id != r.key_id:
                 kept[index] = w

@@ -4,7 +4,8 @@ Exit codes: 0 success; 1 other library error; 2 bad arguments or configuration; 
 not authenticate / is malformed; 4 no recipient could unwrap; 5 unknown provider scheme or
 plugin failure; 6 provider error; 7 provider unavailable or throttled; 8 access denied;
 9 key not found; 10 key disabled or destroyed; 11 keystore error (passphrase, corruption);
-12 audit log broken; 70 internal error (a bug: please report it); 130 interrupted.
+12 audit log broken; 13 migration incomplete (some envelopes failed or changed during the
+job); 70 internal error (a bug: please report it); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .admin_commands import add_admin_commands
 from .context import CliContext
 from .crypto_commands import add_crypto_commands
 from .key_commands import add_key_commands
+from .migrate_commands import add_migrate_commands
 
 __all__ = ["build_parser", "main"]
 
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_crypto_commands(sub)
     add_key_commands(sub)
+    add_migrate_commands(sub)
     add_admin_commands(sub)
     return parser
 

@@ -253,20 +253,21 @@ class Keystore:
             raise KeystoreCorruptError(f"{meta_path}: not a valid keystore file") from None
         digest = hmac.new(_PROCESS_SECRET, passphrase.encode("utf-8"), sha256).digest()
         cache_key = (str(path.resolve()), store_id, kdf["salt"], digest)
+        # One derivation at a time: concurrent Argon2id calls would multiply the memory cost
+        # (and OpenSSL's Argon2 has been seen to stall when run from several threads at once).
         with _KEY_CACHE_LOCK:
             keys = _KEY_CACHE.get(cache_key)
-        if keys is None:
-            keys = _Keys.from_root(_derive_root(passphrase, kdf, salt))
-            try:
-                plain = AESGCM(keys.enc).decrypt(check[:12], check[12:], store_id.encode())
-            except (InvalidTag, ValueError):
-                raise WrongPassphraseError(
-                    f"the passphrase does not open the keystore at {path} "
-                    "(check KMSENVELOPE_KEYSTORE_PASSPHRASE)"
-                ) from None
-            if not hmac.compare_digest(plain, _CHECK):
-                raise KeystoreCorruptError(f"{meta_path}: passphrase check value is wrong")
-            with _KEY_CACHE_LOCK:
+            if keys is None:
+                keys = _Keys.from_root(_derive_root(passphrase, kdf, salt))
+                try:
+                    plain = AESGCM(keys.enc).decrypt(check[:12], check[12:], store_id.encode())
+                except (InvalidTag, ValueError):
+                    raise WrongPassphraseError(
+                        f"the passphrase does not open the keystore at {path} "
+                        "(check KMSENVELOPE_KEYSTORE_PASSPHRASE)"
+                    ) from None
+                if not hmac.compare_digest(plain, _CHECK):
+                    raise KeystoreCorruptError(f"{meta_path}: passphrase check value is wrong")
                 _KEY_CACHE[cache_key] = keys
         return cls(path, store_id, keys)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ class LocalKEK:
         self._uri = uri
         self._settings = dict(settings)
         self._store: Keystore | None = None
+        self._lock = threading.Lock()
 
     @property
     def key_id(self) -> str:
@@ -94,9 +96,10 @@ class LocalKEK:
 
     @property
     def keystore(self) -> Keystore:
-        if self._store is None:
-            self._store = open_keystore(self._settings)
-        return self._store
+        with self._lock:
+            if self._store is None:
+                self._store = open_keystore(self._settings)
+            return self._store
 
     def latest(self) -> LocalKEK:
         """This key at its current version (``local:NAME``)."""

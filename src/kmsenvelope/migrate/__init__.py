@@ -1,0 +1,32 @@
+"""Bulk re-wrap ("migration") of envelopes wherever they live, without losing any.
+
+``migrate(store, engine, plan)`` re-wraps every envelope in an :class:`EnvelopeStore` --
+:class:`FilesystemStore` for files and trees, :class:`SqliteStore` for a table column, or
+your own (three methods: ``list``, ``read``, conditional ``write``) -- concurrently, with
+per-provider bounds and retries (:class:`GuardedEngine`, :class:`CallPolicy`), verifying each
+new envelope before the store replaces it, and recording progress in a :class:`Journal` so a
+killed job resumes without redoing or skipping work.
+"""
+
+from ..rewrapping import RewrapPlan
+from .fs_store import FilesystemStore
+from .guard import CallPolicy, GuardedEngine, RateLimiter
+from .journal import Journal
+from .runner import MigrationProgress, MigrationReport, migrate
+from .sqlite_store import SqliteStore
+from .store import EnvelopeStore, StoredItem
+
+__all__ = [
+    "CallPolicy",
+    "EnvelopeStore",
+    "FilesystemStore",
+    "GuardedEngine",
+    "Journal",
+    "MigrationProgress",
+    "MigrationReport",
+    "RateLimiter",
+    "RewrapPlan",
+    "SqliteStore",
+    "StoredItem",
+    "migrate",
+]
