@@ -86,9 +86,7 @@ def _open(engine: Engine, selector: Selector) -> KeyEncryptionKey:
 def _fresh(engine: Engine, wrapped: WrappedKey, original: KeyEncryptionKey) -> KeyEncryptionKey:
     """A new KEK instance for verification (not the cached one that just wrapped)."""
     try:
-        return engine.registry.open(
-            wrapped.key_id, engine.config.provider_settings(wrapped.provider)
-        )
+        return engine.open_fresh(wrapped.key_id)
     except Exception:
         return original  # a KEK that exists only in code cannot be reopened by URI
 

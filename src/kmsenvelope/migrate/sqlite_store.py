@@ -52,10 +52,12 @@ class SqliteStore:
         self._value = _ident(value_column, "column")
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        try:
-            self._db.execute(f"SELECT {self._key}, {self._value} FROM {self._table} LIMIT 0")  # noqa: S608
-        except sqlite3.Error as exc:
-            raise ConfigError(f"{path}: cannot read {table}.{value_column}: {exc}") from None
+        # PRAGMA, not a trial SELECT: SQLite reads an unknown "quoted" column as a string.
+        columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({self._table})")}
+        for column in (key_column, value_column):
+            if column not in columns:
+                found = ", ".join(sorted(columns)) or "no such table"
+                raise ConfigError(f"{path}: cannot read {table}.{column} (columns: {found})")
 
     def __repr__(self) -> str:
         return f"SqliteStore(table={self._table})"
