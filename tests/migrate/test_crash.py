@@ -43,6 +43,10 @@ def test_sigkill_at_random_points_then_resume(keystore: Keystore, tmp_path: Path
         "local:old",
         "--concurrency",
         "2",
+        # A rate limit makes the job last long enough for every kill to land mid-job, however
+        # fast or loaded the machine is (600 envelopes x 3 provider calls at 150 calls/s).
+        "--rate-limit",
+        "local=150",
         "--resume",
         "--journal",
         str(journal),

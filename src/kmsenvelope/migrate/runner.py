@@ -22,6 +22,7 @@ from .store import EnvelopeStore
 __all__ = ["MigrationProgress", "MigrationReport", "migrate"]
 
 _MAGIC_PREFIX = MAGIC[:-1]
+_SNIFF = 80  # bytes read to recognise an envelope (room for whitespace before "kmsenv1.")
 
 
 @dataclass
@@ -91,8 +92,9 @@ class MigrationProgress:
 
 
 def _looks_like_envelope(head: bytes) -> bool:
-    stripped = head.lstrip()
-    return head.startswith(_MAGIC_PREFIX) or stripped.startswith(COMPACT_PREFIX[: len(stripped)])
+    """Binary magic, or the compact prefix after optional whitespace; anything else (empty
+    files, text, images) is not an envelope and is skipped."""
+    return head.startswith(_MAGIC_PREFIX) or head.lstrip().startswith(COMPACT_PREFIX)
 
 
 def _describe_plan(plan: RewrapPlan, recipients: Sequence[str]) -> str | None:
@@ -172,7 +174,7 @@ class _Job:
     def _run_one(self, key: str) -> None:
         item = self.store.read(key)
         with item.stream as stream:
-            head = stream.read(len(COMPACT_PREFIX))
+            head = stream.read(_SNIFF)
             if not _looks_like_envelope(head):
                 self.outcome(key, "skipped")
                 return
