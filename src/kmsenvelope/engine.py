@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from .armor import ArmorWriter, from_compact, open_envelope_stream, to_compact
+from .cache import DataKeyCache
 from .config import Config, load_config
 from .errors import (
     AuthenticationError,
@@ -32,6 +33,7 @@ from .header import (
     check_chunk_size,
     derive_keys,
     new_header,
+    parse_header,
     read_header,
     validate_context,
 )
@@ -107,11 +109,13 @@ class Engine:
         config: Config | None = None,
         keys: Sequence[KeyEncryptionKey] = (),
         limits: Limits = DEFAULT_LIMITS,
+        cache: DataKeyCache | None = None,
     ) -> None:
         self._registry = registry
         self._config = config
         self._keys = tuple(keys)
         self.limits = limits
+        self.data_key_cache = cache  # opt-in reuse of wrapped DEKs by encrypt() (cache.py)
         self._cache: dict[str, KeyEncryptionKey] = {}
         self._lock = threading.Lock()
 
@@ -201,8 +205,11 @@ class Engine:
     def _candidates(
         self, recipient: WrappedKey, keys: Sequence[KeyEncryptionKey]
     ) -> list[KeyEncryptionKey]:
-        supplied = [*keys, *self._keys]
-        exact = [k for k in supplied if k.key_id == recipient.key_id]
+        supplied = (*keys, *self._keys)
+        key_id = recipient.key_id
+        exact = [k for k in supplied if k.key_id == key_id]
+        if len(exact) == len(supplied):
+            return exact
         same_scheme = [
             k
             for k in supplied
@@ -227,13 +234,19 @@ class Engine:
 
     def _unwrap_dek(self, header: Header, keys: Sequence[KeyEncryptionKey]) -> tuple[bytes, bytes]:
         """Find a recipient that unwraps; return ``(payload_key, mac_key)`` after the MAC check."""
-        return derive_keys(self.unwrap_data_key(header, keys), header.nonce)
+        return self._open_dek(header, keys)[1]
 
     def unwrap_data_key(self, header: Header, keys: Sequence[KeyEncryptionKey] = ()) -> bytes:
         """The envelope's DEK, from the first recipient that unwraps, checked by the header MAC.
 
         Raises ``NoRecipientError`` (every recipient and why) or ``AuthenticationError``.
         """
+        return self._open_dek(header, keys)[0]
+
+    def _open_dek(
+        self, header: Header, keys: Sequence[KeyEncryptionKey]
+    ) -> tuple[bytes, tuple[bytes, bytes]]:
+        """``(dek, (payload_key, mac_key))`` from the first recipient that unwraps."""
         attempts: list[RecipientAttempt] = []
         for recipient in header.recipients:
             reasons: list[str] = []
@@ -246,10 +259,11 @@ class Engine:
                 if not isinstance(dek, bytes | bytearray) or len(dek) != DEK_SIZE:
                     reasons.append("provider returned a data key of the wrong size")
                     continue
-                _payload_key, mac_key = derive_keys(bytes(dek), header.nonce)
-                if not header.verify_mac(mac_key):
+                dek = bytes(dek)
+                derived = derive_keys(dek, header.nonce)
+                if not header.verify_mac(derived[1]):
                     raise AuthenticationError()
-                return bytes(dek)
+                return dek, derived
             # Providers usually prefix their messages with the key id; say it once.
             prefix = f"{recipient.key_id}: "
             reason = "; ".join(r.removeprefix(prefix) for r in reasons)
@@ -263,16 +277,34 @@ class Engine:
         to: Iterable[Recipient] | None,
         context: Mapping[str, str] | None,
         chunk_size: int | None,
+        cacheable_size: int | None = None,
     ) -> tuple[bytes, bytes, int]:
-        """Wrap a fresh DEK; return ``(header_bytes, payload_key, chunk_size)``."""
-        size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
-        check_chunk_size(size)
+        """Wrap a fresh DEK; return ``(header_bytes, payload_key, chunk_size)``.
+
+        With a data-key cache and ``cacheable_size`` (the plaintext length of an in-memory
+        message), the DEK and its wrapped copies may come from the cache; the header nonce,
+        hence the payload and MAC keys, are fresh for every envelope regardless.
+        """
+        if chunk_size is None:
+            size = DEFAULT_CHUNK_SIZE
+        else:
+            check_chunk_size(chunk_size)
+            size = chunk_size
         ctx = validate_context(context if context is not None else self.config.context)
         keks = self._resolve(to)
-        dek = os.urandom(DEK_SIZE)
-        nonce = os.urandom(NONCE_SIZE)
-        header, payload_key = self._seal_header(keks, dek, nonce, ctx, size)
-        return header, payload_key, size
+        secret = os.urandom(DEK_SIZE + NONCE_SIZE)  # one call for the DEK and the nonce
+        dek, nonce = secret[:DEK_SIZE], secret[DEK_SIZE:]
+        cache = self.data_key_cache
+        if cache is not None and cacheable_size is not None:
+            fresh = dek
+            dek, wrapped = cache.data_key(
+                keks, ctx, cacheable_size, lambda: (fresh, self._wrap_all(keks, fresh, ctx))
+            )
+        else:
+            wrapped = tuple(self._wrap_all(keks, dek, ctx))
+        header = new_header(size, nonce, ctx, wrapped)
+        payload_key, mac_key = derive_keys(dek, nonce)
+        return header.encode(mac_key), payload_key, size
 
     def _seal_header(
         self,
@@ -298,7 +330,7 @@ class Engine:
         chunk_size: int | None = None,
     ) -> bytes:
         """Encrypt ``data`` for every recipient in ``to``; return the envelope."""
-        header, payload_key, size = self._start(to, context, chunk_size)
+        header, payload_key, size = self._start(to, context, chunk_size, len(data))
         binary = header + encrypt_bytes(data, payload_key, size)
         return to_compact(binary) + b"\n" if armor else binary
 
@@ -338,9 +370,9 @@ class Engine:
             raw = bytes(blob)
             if not raw.startswith(MAGIC) and raw.lstrip().startswith(COMPACT_PREFIX):
                 raw = from_compact(raw)
-        header, size = read_header(io.BytesIO(raw), self.limits)
+        header, size = parse_header(raw, self.limits)
         check_context(header.context, context)
-        payload_key, _mac_key = self._unwrap_dek(header, keys)
+        _dek, (payload_key, _mac_key) = self._open_dek(header, keys)
         return decrypt_bytes(memoryview(raw)[size:], payload_key, header.chunk_size)
 
     def decrypt_stream(
@@ -357,10 +389,14 @@ class Engine:
         Only authenticated chunks are written, but on error ``dst`` may hold a prefix of the
         plaintext: write to a temporary file and discard it on error (the CLI does).
         """
-        reader, _ = open_envelope_stream(src)
+        reader, encoding = open_envelope_stream(src)
         header, _size = read_header(reader, self.limits)
         check_context(header.context, context)
         payload_key, _mac_key = self._unwrap_dek(header, keys)
+        if encoding == "binary" and type(src) is io.BytesIO:
+            # The header (> 8 bytes) has used up the reader's lookahead: read the payload in
+            # place from the BytesIO (no copy) rather than through the wrapper.
+            reader = src
         return decrypt_payload(reader, dst, payload_key, header.chunk_size, progress)
 
     def inspect(

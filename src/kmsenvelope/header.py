@@ -9,12 +9,11 @@ import hmac
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from hashlib import sha256
 from types import MappingProxyType
 from typing import BinaryIO
 
 from .errors import MalformedEnvelopeError
-from .kdf import hkdf_sha256
+from .kdf import hkdf_sha256_two_blocks, hmac_sha256
 from .kek import WrappedKey, scheme_of
 
 __all__ = [
@@ -25,6 +24,7 @@ __all__ = [
     "Limits",
     "derive_keys",
     "encode_context",
+    "parse_header",
     "read_header",
 ]
 
@@ -39,6 +39,8 @@ MIN_CHUNK_SIZE = 16
 MAX_CHUNK_SIZE = 1 << 24
 _KDF_INFO = b"kmsenvelope/v1 keys"
 _PREFIX = struct.Struct(">7sI")  # magic, header body length
+_U16 = struct.Struct(">H")
+_EMPTY_CONTEXT = b"\x00\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +58,7 @@ DEFAULT_LIMITS = Limits()
 
 def derive_keys(dek: bytes, nonce: bytes) -> tuple[bytes, bytes]:
     """Return ``(payload_key, mac_key)`` = HKDF-SHA256(DEK, salt=nonce, 'kmsenvelope/v1 keys')."""
-    okm = hkdf_sha256(dek, nonce, _KDF_INFO, 64)
-    return okm[:32], okm[32:]
+    return hkdf_sha256_two_blocks(dek, nonce, _KDF_INFO)
 
 
 def _put_str(out: bytearray, value: str, width: str, what: str) -> None:
@@ -71,6 +72,8 @@ def _put_str(out: bytearray, value: str, width: str, what: str) -> None:
 
 def encode_context(context: Mapping[str, str]) -> bytes:
     """Canonical encoding of an encryption context (sorted by UTF-8 key bytes)."""
+    if not context:
+        return _EMPTY_CONTEXT
     out = bytearray()
     items = sorted((k.encode("utf-8"), v.encode("utf-8")) for k, v in context.items())
     if len(items) > 0xFFFF:
@@ -107,27 +110,33 @@ class Header:
     recipients: tuple[WrappedKey, ...]
     mac: bytes = b""
     raw: bytes = field(default=b"", repr=False)  # authenticated bytes exactly as read
+    # new_header's encoding, kept so that it is not computed twice (never copied by replace()).
+    _encoded: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def body(self) -> bytes:
         """The header body bytes (what the length field counts)."""
         out = bytearray(struct.pack(">I", self.chunk_size))
         out += self.nonce
         out += encode_context(self.context)
-        out += struct.pack(">H", len(self.recipients))
+        out += _U16.pack(len(self.recipients))
         for r in self.recipients:
             _put_str(out, r.provider, ">B", "provider name")
             _put_str(out, r.key_id, ">H", "key id")
             _put_str(out, r.algorithm, ">B", "algorithm")
-            params = sorted(r.params.items())
-            if len(params) > 0xFF:
-                raise ValueError("a recipient may have at most 255 params")
-            out += struct.pack(">B", len(params))
-            for k, v in params:
-                _put_str(out, k, ">B", "param name")
-                _put_str(out, v, ">H", "param value")
+            if r.params:
+                params = sorted(r.params.items())
+                if len(params) > 0xFF:
+                    raise ValueError("a recipient may have at most 255 params")
+                out.append(len(params))
+                for k, v in params:
+                    _put_str(out, k, ">B", "param name")
+                    _put_str(out, v, ">H", "param value")
+            else:
+                out.append(0)
             if len(r.ciphertext) > 0xFFFF:
                 raise ValueError("wrapped key is longer than 65535 bytes")
-            out += struct.pack(">H", len(r.ciphertext)) + r.ciphertext
+            out += _U16.pack(len(r.ciphertext))
+            out += r.ciphertext
         return bytes(out)
 
     def authenticated_bytes(self) -> bytes:
@@ -137,12 +146,14 @@ class Header:
         """
         if self.raw:
             return self.raw
+        if self._encoded:
+            return self._encoded
         body = self.body()
         return _PREFIX.pack(MAGIC, len(body)) + body
 
     def compute_mac(self, mac_key: bytes) -> bytes:
         """HMAC-SHA256 over ``authenticated_bytes()``."""
-        return hmac.digest(mac_key, self.authenticated_bytes(), sha256)
+        return hmac_sha256(mac_key, self.authenticated_bytes())
 
     def verify_mac(self, mac_key: bytes) -> bool:
         """Constant-time check of the stored MAC."""
@@ -151,52 +162,48 @@ class Header:
     def encode(self, mac_key: bytes) -> bytes:
         """The full binary header: authenticated bytes followed by the MAC."""
         auth = self.authenticated_bytes()
-        return auth + hmac.digest(mac_key, auth, sha256)
+        return auth + hmac_sha256(mac_key, auth)
 
 
-class _Cursor:
-    """Bounds-checked reader over the header body; every overrun is a format error."""
+def _truncated() -> MalformedEnvelopeError:
+    return MalformedEnvelopeError("envelope header is truncated")
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
 
-    def take(self, n: int) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise MalformedEnvelopeError("envelope header is truncated")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
-
-    def u32(self) -> int:
-        return int.from_bytes(self.take(4), "big")
-
-    def text(self, n: int, what: str, *, ascii_only: bool = False) -> str:
-        raw = self.take(n)
-        try:
-            value = raw.decode("ascii" if ascii_only else "utf-8")
-        except UnicodeDecodeError:
-            raise MalformedEnvelopeError(f"envelope header has an invalid {what}") from None
-        return value
+def _text(raw: bytes, what: str, encoding: str = "utf-8") -> str:
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError:
+        raise MalformedEnvelopeError(f"envelope header has an invalid {what}") from None
 
 
 def parse_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
     """Parse a header body (without magic/length/MAC), enforcing the limits."""
-    cur = _Cursor(body)
-    chunk_size = cur.u32()
+    return Header(*_parse_fields(bytes(body), limits))
+
+
+_Fields = tuple[int, bytes, Mapping[str, str], tuple[WrappedKey, ...]]
+
+
+def _parse_fields(body: bytes, limits: Limits) -> _Fields:
+    """Chunk size, nonce, context and recipients of a header body.
+
+    Every length is checked against the end of the body before it is used; every overrun is
+    a format error. (Written out inline: this runs once per message.)
+    """
+    end = len(body)
+    if end < 4:
+        raise _truncated()
+    chunk_size = int.from_bytes(body[:4], "big")
     if not MIN_CHUNK_SIZE <= chunk_size <= limits.max_chunk_size:
         raise MalformedEnvelopeError(
             f"envelope chunk size {chunk_size} is outside {MIN_CHUNK_SIZE}..{limits.max_chunk_size}"
         )
-    nonce = cur.take(NONCE_SIZE)
-    n_ctx = cur.u16()
+    pos = 4 + NONCE_SIZE
+    if pos + 2 > end:
+        raise _truncated()
+    nonce = body[4:pos]
+    n_ctx = (body[pos] << 8) | body[pos + 1]
+    pos += 2
     if n_ctx > limits.max_context_entries:
         raise MalformedEnvelopeError(
             f"envelope has {n_ctx} context entries (limit {limits.max_context_entries})"
@@ -204,17 +211,26 @@ def parse_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
     context: dict[str, str] = {}
     previous: bytes | None = None
     for _ in range(n_ctx):
-        klen = cur.u16()
-        kraw = cur.take(klen)
-        try:
-            key = kraw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedEnvelopeError("envelope header has an invalid context key") from None
+        if pos + 2 > end:
+            raise _truncated()
+        stop = pos + 2 + ((body[pos] << 8) | body[pos + 1])
+        if stop > end:
+            raise _truncated()
+        kraw = body[pos + 2 : stop]
+        key = _text(kraw, "context key")
         if not kraw or (previous is not None and kraw <= previous):
             raise MalformedEnvelopeError("envelope context keys are empty, unsorted or repeated")
         previous = kraw
-        context[key] = cur.text(cur.u16(), "context value")
-    n_rec = cur.u16()
+        if stop + 2 > end:
+            raise _truncated()
+        pos = stop + 2 + ((body[stop] << 8) | body[stop + 1])
+        if pos > end:
+            raise _truncated()
+        context[key] = _text(body[stop + 2 : pos], "context value")
+    if pos + 2 > end:
+        raise _truncated()
+    n_rec = (body[pos] << 8) | body[pos + 1]
+    pos += 2
     if n_rec == 0:
         raise MalformedEnvelopeError("envelope has no recipients")
     if n_rec > limits.max_recipients:
@@ -223,31 +239,64 @@ def parse_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
         )
     recipients = []
     for _ in range(n_rec):
-        provider = cur.text(cur.u8(), "provider name", ascii_only=True)
-        key_id = cur.text(cur.u16(), "key id")
-        algorithm = cur.text(cur.u8(), "algorithm", ascii_only=True)
+        # provider (u8 length, ASCII), key id (u16, UTF-8), algorithm (u8, ASCII)
+        if pos + 1 > end:
+            raise _truncated()
+        stop = pos + 1 + body[pos]
+        if stop > end:
+            raise _truncated()
+        provider = _text(body[pos + 1 : stop], "provider name", "ascii")
+        if stop + 2 > end:
+            raise _truncated()
+        pos = stop + 2 + ((body[stop] << 8) | body[stop + 1])
+        if pos > end:
+            raise _truncated()
+        key_id = _text(body[stop + 2 : pos], "key id")
+        if pos + 1 > end:
+            raise _truncated()
+        stop = pos + 1 + body[pos]
+        if stop > end:
+            raise _truncated()
+        algorithm = _text(body[pos + 1 : stop], "algorithm", "ascii")
+        if stop + 1 > end:
+            raise _truncated()
+        n_params = body[stop]
+        pos = stop + 1
         params: dict[str, str] = {}
         last_name: bytes | None = None
-        for _ in range(cur.u8()):
-            name_raw = cur.take(cur.u8())
+        for _ in range(n_params):
+            if pos + 1 > end:
+                raise _truncated()
+            stop = pos + 1 + body[pos]
+            if stop > end:
+                raise _truncated()
+            name_raw = body[pos + 1 : stop]
             if last_name is not None and name_raw <= last_name:
                 raise MalformedEnvelopeError("envelope recipient params are unsorted or repeated")
             last_name = name_raw
-            try:
-                pname = name_raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise MalformedEnvelopeError("envelope header has an invalid param name") from None
-            params[pname] = cur.text(cur.u16(), "param value")
-        ciphertext = cur.take(cur.u16())
+            pname = _text(name_raw, "param name")
+            if stop + 2 > end:
+                raise _truncated()
+            pos = stop + 2 + ((body[stop] << 8) | body[stop + 1])
+            if pos > end:
+                raise _truncated()
+            params[pname] = _text(body[stop + 2 : pos], "param value")
+        if pos + 2 > end:
+            raise _truncated()
+        stop = pos + 2 + ((body[pos] << 8) | body[pos + 1])
+        if stop > end:
+            raise _truncated()
+        ciphertext = body[pos + 2 : stop]
+        pos = stop
         try:
             if scheme_of(key_id) != provider:
                 raise ValueError("scheme mismatch")
             recipients.append(WrappedKey(provider, key_id, algorithm, ciphertext, params))
         except ValueError:
             raise MalformedEnvelopeError("envelope recipient is malformed") from None
-    if cur.pos != len(body):
+    if pos != end:
         raise MalformedEnvelopeError("envelope header has trailing bytes")
-    return Header(chunk_size, nonce, MappingProxyType(context), tuple(recipients))
+    return chunk_size, nonce, MappingProxyType(context), tuple(recipients)
 
 
 def read_exact(src: BinaryIO, n: int) -> bytes:
@@ -286,11 +335,37 @@ def read_header(src: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[Header,
         )
     body = read_exact(src, body_len)
     mac = read_exact(src, MAC_SIZE)
-    header = parse_body(body, limits)
-    header = Header(
-        header.chunk_size, header.nonce, header.context, header.recipients, mac, head + body
-    )
+    header = Header(*_parse_fields(body, limits), mac, head + body)
     return header, _PREFIX.size + body_len + MAC_SIZE
+
+
+def parse_header(
+    data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Header, int]:
+    """:func:`read_header` for an envelope already in memory (same checks, same errors)."""
+    head = bytes(data[: _PREFIX.size])
+    if len(head) < len(MAGIC) or head[: len(MAGIC) - 1] != MAGIC[:-1]:
+        raise MalformedEnvelopeError(
+            "input is not a kmsenvelope envelope (no 'KMSENV' marker at the start)"
+        )
+    if head[len(MAGIC) - 1] != MAGIC[-1]:
+        raise MalformedEnvelopeError(
+            f"unsupported envelope format version {head[len(MAGIC) - 1]} (this reader knows 1)"
+        )
+    if len(head) < _PREFIX.size:
+        raise MalformedEnvelopeError("envelope header is truncated")
+    _, body_len = _PREFIX.unpack(head)
+    if body_len > limits.max_header_size:
+        raise MalformedEnvelopeError(
+            f"envelope header is {body_len} bytes (limit {limits.max_header_size})"
+        )
+    end = _PREFIX.size + body_len
+    size = end + MAC_SIZE
+    if len(data) < size:
+        raise MalformedEnvelopeError("envelope is truncated")
+    authenticated = bytes(data[:end])
+    fields = _parse_fields(authenticated[_PREFIX.size :], limits)
+    return Header(*fields, bytes(data[end:size]), authenticated), size
 
 
 def check_chunk_size(chunk_size: int) -> None:
@@ -327,6 +402,8 @@ def new_header(
         if not ok:
             raise ValueError(f"recipient key id {r.key_id!r} does not use scheme {r.provider!r}")
     header = Header(chunk_size, nonce, MappingProxyType(dict(context)), tuple(recipients))
-    if len(header.body()) > DEFAULT_LIMITS.max_header_size:
+    body = header.body()
+    if len(body) > DEFAULT_LIMITS.max_header_size:
         raise ValueError(f"the header would exceed {DEFAULT_LIMITS.max_header_size} bytes")
+    object.__setattr__(header, "_encoded", _PREFIX.pack(MAGIC, len(body)) + body)
     return header

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,6 +20,7 @@ __all__ = [
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*$")
 
 
+@lru_cache(maxsize=1024)  # called for every wrapped key, with a handful of distinct URIs
 def scheme_of(uri: str) -> str:
     """Return the scheme of a key URI (``local`` for ``local:payments``).
 
@@ -30,8 +32,11 @@ def scheme_of(uri: str) -> str:
     return scheme
 
 
+_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+
+
 def _frozen(params: Mapping[str, str]) -> Mapping[str, str]:
-    return MappingProxyType(dict(params))
+    return MappingProxyType(dict(params)) if params else _NO_PARAMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +54,25 @@ class WrappedKey:
     params: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("provider", "key_id", "algorithm"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"WrappedKey.{name} must be a non-empty string")
-        if not isinstance(self.ciphertext, bytes):
+        if not (
+            isinstance(self.provider, str)
+            and self.provider
+            and isinstance(self.key_id, str)
+            and self.key_id
+            and isinstance(self.algorithm, str)
+            and self.algorithm
+        ):
+            for name in ("provider", "key_id", "algorithm"):
+                if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                    raise ValueError(f"WrappedKey.{name} must be a non-empty string")
+        if type(self.ciphertext) is not bytes:
             object.__setattr__(self, "ciphertext", bytes(self.ciphertext))
-        for k, v in self.params.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise ValueError("WrappedKey.params must map str to str")
-        object.__setattr__(self, "params", _frozen(self.params))
+        params = self.params
+        if params:
+            for k, v in params.items():
+                if not isinstance(k, str) or not isinstance(v, str):
+                    raise ValueError("WrappedKey.params must map str to str")
+        object.__setattr__(self, "params", _frozen(params))
 
     def __repr__(self) -> str:
         return (
