@@ -1,163 +1,229 @@
-"""Measure kmsenvelope against baselines in the same run and print medians and ratios.
+"""kmsenvelope against its peers and baselines, in one run on the same data.
 
-Baselines: copying the same file (``shutil.copyfile``), the bare single-thread AES-GCM loop
-(``cryptography``'s ``encrypt_into`` over reused 1 MiB buffers), and a bare hand-written
-envelope for 1 KiB messages. Results go to stdout and ``benchmarks/results/latest.json``.
+Run ``python -m benchmarks`` (``nox -s bench``).
+
+Measured, encrypt and decrypt, each (subject, work, operation) in a fresh process
+(``benchmarks/worker.py``) that reports its wall-clock times and its peak RSS (``VmHWM``):
+
+- file → file, a 512 MiB file of random bytes: ``shutil.copyfile`` (the baseline), kmsenvelope,
+  Tink streaming AEAD, the AWS Encryption SDK, and the minimal serial read-encrypt-write loop;
+- in memory, 256 MiB from a ``BytesIO`` into a sink that discards: the bare single-thread
+  ``cryptography`` AES-GCM loop (the baseline), kmsenvelope, Tink streaming, the AWS ESDK;
+- 1 KiB and 64 KiB messages: kmsenvelope with an in-process AES KEK, kmsenvelope through the
+  local software HSM (audit on), kmsenvelope with the data-key cache, Tink KmsEnvelopeAead with
+  a local KEK, the AWS ESDK (raw AES keyring; and its legacy raw master key), a bare envelope;
+- peak RSS while streaming 2 GiB through kmsenvelope, reset after setup.
+
+Every timing is the median of ``--runs`` runs (after one warm-up run); every ratio divides two
+medians from this run. File runs start after ``os.sync()`` with the output deleted, so that one
+run's write-back does not slow the next. Prints the table; writes ``results/latest.json`` and
+``results/latest.png``. ``--quick`` shrinks everything for a smoke run.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import shutil
-import statistics
+import platform
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from . import report
 
-from kmsenvelope import Engine, ProviderRegistry
-from kmsenvelope.config import Config
-from kmsenvelope.memory import InMemoryKEK
-
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
 MiB = 1 << 20
-RESULTS = Path(__file__).parent / "results"
+
+FILE_SUBJECTS = ["copy", "bare", "kmsenvelope", "tink-streaming", "esdk"]
+MEMORY_SUBJECTS = ["bare", "kmsenvelope", "tink-streaming", "esdk"]
+MESSAGE_SUBJECTS = [
+    "bare-envelope",
+    "kmsenvelope",
+    "kmsenvelope-local",
+    "kmsenvelope-cache",
+    "tink-envelope",
+    "esdk",
+    "esdk-masterkey",
+]
+SLOW = {"esdk", "esdk-masterkey", "kmsenvelope-local"}  # milliseconds per message
 
 
-def median_seconds(fn: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--file-mib", type=int, default=512, help="file size (default 512)")
+    parser.add_argument("--memory-mib", type=int, default=256, help="in-memory size (256)")
+    parser.add_argument("--rss-mib", type=int, default=2048, help="streamed for peak RSS (2048)")
+    parser.add_argument("--messages", type=int, default=20000, help="1 KiB messages per run")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per measurement (5)")
+    parser.add_argument(
+        "--only",
+        default="file,memory,messages,rss",
+        help="comma-separated subset of: file, memory, messages, rss",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, 3 runs (smoke test)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.file_mib, args.memory_mib, args.rss_mib = 32, 32, 64
+        args.messages, args.runs = 2000, 3
+    return args
 
 
-class Sink(io.RawIOBase):
-    """Discards everything written to it."""
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", json.dumps(task)],
+        cwd=ROOT.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        result: dict[str, Any] = {"error": f"worker exited {proc.returncode}: {proc.stderr[-800:]}"}
+    else:
+        result = json.loads(lines[-1])
+        if "error" in result:
+            result["error"] += f" | {proc.stderr.strip().splitlines()[-1:]}"
+    result.update({k: task[k] for k in ("work", "op", "subject")})
+    return result
 
-    def writable(self) -> bool:
-        return True
 
-    def write(self, b: object) -> int:
-        return len(b)  # type: ignore[arg-type]
-
-
-def bare_gcm_loop(data: bytes) -> None:
-    aead = AESGCM(bytes(32))
-    out = bytearray(MiB + 16)
-    view = memoryview(data)
-    for i, off in enumerate(range(0, len(data), MiB)):
-        chunk = view[off : off + MiB]
-        aead.encrypt_into(i.to_bytes(12, "big"), chunk, None, memoryview(out)[: len(chunk) + 16])
+def progress(result: dict[str, Any]) -> None:
+    what = f"{result['work']:<12} {result['op']:<8} {result['subject']:<20}"
+    if "skipped" in result:
+        print(f"  {what} skipped: {result['skipped']}", flush=True)
+    elif "error" in result:
+        print(f"  {what} ERROR: {result['error']}", flush=True)
+    elif "times" in result:
+        times = ", ".join(f"{t * 1000:.0f}" for t in result["times"])
+        print(f"  {what} ms: {times}", flush=True)
+    else:
+        print(f"  {what} done", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("--file-mib", type=int, default=256)
-    parser.add_argument("--memory-mib", type=int, default=256)
-    parser.add_argument("--messages", type=int, default=20000)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+def write_source(path: Path, mib: int) -> None:
+    block = os.urandom(16 * MiB)
+    with path.open("wb") as fh:
+        for left in range(mib, 0, -16):
+            fh.write(block[: min(left, 16) * MiB])
 
-    kek = InMemoryKEK.generate("bench")
-    engine = Engine(registry=ProviderRegistry(), config=Config(), keys=[kek])
-    rows: list[dict[str, object]] = []
 
-    def record(work: str, subject: str, seconds: float, baseline: float, unit: str) -> None:
-        rows.append(
-            {
-                "work": work,
-                "subject": subject,
-                "median_s": seconds,
-                "ratio_vs_baseline": baseline / seconds,
-                "unit": unit,
-            }
-        )
-
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    works = set(args.only.split(","))
+    results: list[dict[str, Any]] = []
+    rss: list[dict[str, Any]] = []
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="kmsenvelope-bench-") as tmp:
-        src = Path(tmp) / "plain"
-        with src.open("wb") as fh:
-            block = os.urandom(MiB)
-            for _ in range(args.file_mib):
-                fh.write(block)
-        env, copy, back = Path(tmp) / "env", Path(tmp) / "copy", Path(tmp) / "back"
-        t_copy = median_seconds(lambda: shutil.copyfile(src, copy), args.runs)
-
-        def enc_file() -> None:
-            with src.open("rb") as i, env.open("wb") as o:
-                engine.encrypt_stream(i, o, [kek])
-
-        def dec_file() -> None:
-            with env.open("rb") as i, back.open("wb") as o:
-                engine.decrypt_stream(i, o)
-
-        record("file→file", "copy (baseline)", t_copy, t_copy, "s")
-        record("file→file", "kmsenvelope encrypt", median_seconds(enc_file, args.runs), t_copy, "s")
-        record("file→file", "kmsenvelope decrypt", median_seconds(dec_file, args.runs), t_copy, "s")
-
-    data = os.urandom(args.memory_mib * MiB)
-    t_bare = median_seconds(lambda: bare_gcm_loop(data), args.runs)
-    blob_io = io.BytesIO()
-    engine.encrypt_stream(io.BytesIO(data), blob_io, [kek])
-    blob = blob_io.getvalue()
-    record("in memory", "bare AES-GCM loop (baseline)", t_bare, t_bare, "s")
-    record(
-        "in memory",
-        "kmsenvelope encrypt",
-        median_seconds(lambda: engine.encrypt_stream(io.BytesIO(data), Sink(), [kek]), args.runs),
-        t_bare,
-        "s",
+        source = Path(tmp) / "plain"
+        write_source(source, max(args.file_mib, args.memory_mib))
+        file_source = source
+        common = {"source": str(file_source), "tmp": tmp, "runs": args.runs}
+        plan: list[dict[str, Any]] = []
+        if "file" in works:
+            subjects = [*FILE_SUBJECTS, "copy"]  # the baseline before and after the others
+            for subject in subjects:
+                for op in ("encrypt", "decrypt"):
+                    if subject == "copy" and op == "decrypt":
+                        continue
+                    plan.append({**common, "work": "file", "op": op, "subject": subject})
+        if "memory" in works:
+            for subject in MEMORY_SUBJECTS:
+                for op in ("encrypt", "decrypt"):
+                    plan.append(
+                        {
+                            **common,
+                            "work": "memory",
+                            "op": op,
+                            "subject": subject,
+                            "mib": args.memory_mib,
+                        }
+                    )
+        if "messages" in works:
+            for size, work, count in (
+                (1024, "messages-1k", args.messages),
+                (65536, "messages-64k", max(args.messages // 8, 50)),
+            ):
+                for subject in MESSAGE_SUBJECTS:
+                    n = max(count // 100, 20) if subject in SLOW else count
+                    for op in ("encrypt", "decrypt"):
+                        plan.append(
+                            {
+                                **common,
+                                "work": work,
+                                "op": op,
+                                "subject": subject,
+                                "size": size,
+                                "count": n,
+                            }
+                        )
+        if "file" in works and args.file_mib != max(args.file_mib, args.memory_mib):
+            print("note: the file source is larger than --file-mib; sizes are those of the file")
+        print(f"{len(plan)} measurements, {args.runs} runs each:", flush=True)
+        for task in plan:
+            result = run_task(task)
+            progress(result)
+            results.append(result)
+        if "rss" in works:
+            for subject in ("kmsenvelope", "kmsenvelope-local"):
+                task = {
+                    "work": "rss",
+                    "op": "stream",
+                    "subject": subject,
+                    "tmp": tmp,
+                    "mib": args.rss_mib,
+                }
+                result = run_task(task)
+                progress(result)
+                rss.append(result)
+    rows = report.summarize(results)
+    goals = report.targets(rows, rss)
+    text = report.table(rows, rss, goals)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "duration_s": round(time.time() - started, 1),
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "versions": _versions(),
+    }
+    (args.out / "latest.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "rss": rss, "targets": goals}, indent=1) + "\n"
     )
-    record(
-        "in memory",
-        "kmsenvelope decrypt",
-        median_seconds(lambda: engine.decrypt_stream(io.BytesIO(blob), Sink()), args.runs),
-        t_bare,
-        "s",
-    )
+    title = f"kmsenvelope vs peers — {meta['date']}, {meta['machine']}, medians of {args.runs} runs"
+    try:
+        report.chart(rows, args.out / "latest.png", title)
+    except ImportError as exc:
+        print(f"note: no chart ({exc}); pip install matplotlib")
+    print(f"\nwrote {args.out / 'latest.json'} and {args.out / 'latest.png'}")
 
-    message = os.urandom(1024)
-    n = args.messages
-    wrap_key = AESGCM(os.urandom(32))
 
-    def bare_envelope() -> None:
-        for _ in range(n):
-            dek = AESGCM.generate_key(256)
-            nonce = os.urandom(12)
-            wrap_key.encrypt(nonce, dek, None)
-            AESGCM(dek).encrypt(os.urandom(12), message, None)
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
 
-    t_env = median_seconds(bare_envelope, args.runs)
-    record("1 KiB messages", "bare envelope (baseline)", t_env, t_env, f"{n} msgs")
-    record(
-        "1 KiB messages",
-        "kmsenvelope encrypt",
-        median_seconds(lambda: [engine.encrypt(message, [kek]) for _ in range(n)], args.runs),
-        t_env,
-        f"{n} msgs",
-    )
-    sealed = engine.encrypt(message, [kek])
-    record(
-        "1 KiB messages",
-        "kmsenvelope decrypt",
-        median_seconds(lambda: [engine.decrypt(sealed) for _ in range(n)], args.runs),
-        t_env,
-        f"{n} msgs",
-    )
-
-    print(f"{'work':<16} {'subject':<32} {'median':>10} {'x baseline':>11}")
-    for r in rows:
-        print(
-            f"{r['work']:<16} {r['subject']:<32} {r['median_s']:>9.3f}s "
-            f"{r['ratio_vs_baseline']:>10.2f}x"
-        )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    out = {}
+    for name in (
+        "kmsenvelope",
+        "cryptography",
+        "aws-encryption-sdk",
+        "aws-cryptographic-material-providers",
+        "tink",
+        "matplotlib",
+    ):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 if __name__ == "__main__":

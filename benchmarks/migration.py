@@ -75,15 +75,17 @@ def run(envelopes: int, latency_ms: float, concurrency: int) -> float:
     registry = ProviderRegistry()
     registry.register("slow", slow_provider(latency_ms / 1000, InMemoryKEK.generate("bench")))
     seed = Engine(registry=registry, config=Config())
-    store = MemoryStore({f"k{i:06d}": seed.encrypt(b"x" * 1024, ["slow:old"])
-                         for i in range(envelopes)})
-    engine = GuardedEngine(CallPolicy(per_provider=concurrency), registry=registry,
-                           config=Config())
+    store = MemoryStore(
+        {f"k{i:06d}": seed.encrypt(b"x" * 1024, ["slow:old"]) for i in range(envelopes)}
+    )
+    engine = GuardedEngine(CallPolicy(per_provider=concurrency), registry=registry, config=Config())
     start = time.perf_counter()
-    report = migrate(store, engine, RewrapPlan.of(add=["slow:new"], remove=["slow:old"]),
-                     concurrency=concurrency)
+    report = migrate(
+        store, engine, RewrapPlan.of(add=["slow:new"], remove=["slow:old"]), concurrency=concurrency
+    )
     elapsed = time.perf_counter() - start
-    assert report.ok and len(report.migrated) == envelopes, report.summary()
+    assert report.ok, report.summary()
+    assert len(report.migrated) == envelopes, report.summary()
     return elapsed
 
 
@@ -99,14 +101,22 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         median = statistics.median(times)
         rows[concurrency] = {"median_s": median, "envelopes_per_s": args.envelopes / median}
     ratio = rows[1]["median_s"] / rows[32]["median_s"]
-    print(f"migration, {args.envelopes} envelopes, {args.latency_ms:.0f} ms per provider call "
-          "(unwrap + wrap + verify = 3 calls each)")
+    print(
+        f"migration, {args.envelopes} envelopes, {args.latency_ms:.0f} ms per provider call "
+        "(unwrap + wrap + verify = 3 calls each)"
+    )
     for c, r in rows.items():
-        print(f"  concurrency {c:>2}: {r['envelopes_per_s']:8.1f} envelopes/s "
-              f"(median {r['median_s']:.2f}s)")
+        print(
+            f"  concurrency {c:>2}: {r['envelopes_per_s']:8.1f} envelopes/s "
+            f"(median {r['median_s']:.2f}s)"
+        )
     print(f"  concurrency 32 / concurrency 1 throughput: {ratio:.1f}x")
-    result = {"envelopes": args.envelopes, "latency_ms": args.latency_ms,
-              "by_concurrency": rows, "ratio_32_vs_1": ratio}
+    result = {
+        "envelopes": args.envelopes,
+        "latency_ms": args.latency_ms,
+        "by_concurrency": rows,
+        "ratio_32_vs_1": ratio,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "migration.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

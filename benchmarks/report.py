@@ -1,0 +1,211 @@
+"""Medians, ratios from the same run, the target check, the table, the JSON and the chart."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+MB = 1_000_000
+MiB = 1 << 20
+
+WORK_TITLES = {
+    "file": "file → file",
+    "memory": "in memory (BytesIO → sink)",
+    "messages-1k": "1 KiB messages",
+    "messages-64k": "64 KiB messages",
+}
+BASELINE = {"file": "copy", "memory": "bare", "messages-1k": "tink-envelope"}
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (work, op, subject): median seconds, throughput, peak RSS."""
+    merged: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in results:
+        key = (r["work"], r["op"], r["subject"])
+        row = merged.get(key)
+        if row is None:
+            merged[key] = dict(r)
+        elif "times" in r and "times" in row:  # the copy baseline is measured twice
+            row["times"] = row["times"] + r["times"]
+            row["peak_rss_kib"] = max(row.get("peak_rss_kib") or 0, r.get("peak_rss_kib") or 0)
+    rows = []
+    for row in merged.values():
+        if "times" in row:
+            median = statistics.median(row["times"])
+            row["median_s"] = median
+            if row["work"].startswith("messages"):
+                row["rate"] = row["count"] / median
+                row["unit"] = "msg/s"
+            else:
+                row["rate"] = row["bytes"] / median / MB
+                row["unit"] = "MB/s"
+        rows.append(row)
+    for row in rows:
+        base = _baseline(rows, row["work"], row["op"])
+        if base is not None and "rate" in row and "rate" in base:
+            row["ratio_vs_baseline"] = row["rate"] / base["rate"]
+    return rows
+
+
+def _find(rows: list[dict[str, Any]], work: str, op: str, subject: str) -> dict[str, Any] | None:
+    for row in rows:
+        if row["work"] == work and row["op"] == op and row["subject"] == subject:
+            return row
+    return None
+
+
+def _baseline(rows: list[dict[str, Any]], work: str, op: str) -> dict[str, Any] | None:
+    subject = BASELINE.get(work, "")
+    if subject == "copy":
+        op = "encrypt"  # a copy has no direction: both directions compare with it
+    return _find(rows, work, op, subject)
+
+
+def _ratio(rows: list[dict[str, Any]], work: str, op: str, a: str, b: str) -> float | None:
+    ra = _find(rows, work, op, a)
+    rb = _baseline(rows, work, op) if b == BASELINE.get(work) else _find(rows, work, op, b)
+    if ra is None or rb is None or "rate" not in ra or "rate" not in rb:
+        return None
+    return float(ra["rate"] / rb["rate"])
+
+
+def targets(rows: list[dict[str, Any]], rss: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's done-when ratios, each with its measured value and whether it is met."""
+    out: list[dict[str, Any]] = []
+
+    def add(what: str, value: float | None, goal: float, higher: bool = True) -> None:
+        met = None if value is None else (value >= goal if higher else value <= goal)
+        out.append({"target": what, "value": value, "goal": goal, "met": met})
+
+    for op in ("encrypt", "decrypt"):
+        add(f"file→file {op} vs copy", _ratio(rows, "file", op, "kmsenvelope", "copy"), 0.9)
+    for op in ("encrypt", "decrypt"):
+        add(f"in memory {op} vs bare loop", _ratio(rows, "memory", op, "kmsenvelope", "bare"), 0.8)
+        add(f"in memory {op} vs AWS ESDK", _ratio(rows, "memory", op, "kmsenvelope", "esdk"), 5)
+        add(
+            f"in memory {op} vs Tink streaming",
+            _ratio(rows, "memory", op, "kmsenvelope", "tink-streaming"),
+            1.5,
+        )
+    for op in ("encrypt", "decrypt"):
+        add(
+            f"1 KiB {op} vs Tink KmsEnvelopeAead",
+            _ratio(rows, "messages-1k", op, "kmsenvelope", "tink-envelope"),
+            1.0,
+        )
+        esdk = [
+            r
+            for r in (
+                _ratio(rows, "messages-1k", op, "kmsenvelope", "esdk"),
+                _ratio(rows, "messages-1k", op, "kmsenvelope", "esdk-masterkey"),
+            )
+            if r is not None
+        ]
+        add(f"1 KiB {op} vs AWS ESDK (faster variant)", min(esdk) if esdk else None, 50)
+    for r in rss:
+        if "encrypt_peak_kib" not in r:
+            continue
+        gib = r["bytes"] / (1 << 30)
+        for op in ("encrypt", "decrypt"):
+            peak = r[f"{op}_peak_kib"]
+            add(
+                f"peak RSS streaming {gib:g} GiB, {op}, {r['label']} (MiB)",
+                None if peak is None else peak / 1024,
+                64,
+                higher=False,
+            )
+    return out
+
+
+def table(
+    rows: list[dict[str, Any]], rss: list[dict[str, Any]], goals: list[dict[str, Any]]
+) -> str:
+    lines = []
+    header = (
+        f"{'work':<28} {'subject':<36} {'op':<8} {'median':>10} {'rate':>14} "
+        f"{'peak RSS':>9} {'ratio':>8}"
+    )
+    for work, title in WORK_TITLES.items():
+        group = [r for r in rows if r["work"] == work]
+        if not group:
+            continue
+        base = BASELINE.get(work)
+        lines.append("")
+        lines.append(f"## {title}" + (f" (ratio: rate / {base}'s rate)" if base else ""))
+        lines.append(header)
+        for r in group:
+            if "skipped" in r or "error" in r:
+                why = r.get("skipped") or r.get("error")
+                lines.append(f"{'':<28} {r['subject']:<36} {r['op']:<8} skipped: {why}")
+                continue
+            rate = f"{r['rate']:,.0f} {r['unit']}"
+            rss_mib = f"{r['peak_rss_kib'] / 1024:.0f} MiB" if r.get("peak_rss_kib") else "-"
+            ratio = f"{r['ratio_vs_baseline']:.2f}x" if "ratio_vs_baseline" in r else ""
+            median = f"{r['median_s'] * 1000:.1f} ms"
+            lines.append(
+                f"{title[:28]:<28} {r['label'][:36]:<36} {r['op']:<8} {median:>10} {rate:>14} "
+                f"{rss_mib:>9} {ratio:>8}"
+            )
+    if rss:
+        lines.append("")
+        lines.append("## peak RSS while streaming (VmHWM, reset after setup)")
+        for r in rss:
+            if "encrypt_peak_kib" not in r:
+                lines.append(f"{r['subject']}: skipped: {r.get('skipped') or r.get('error')}")
+                continue
+            enc_rate = r["bytes"] / r["encrypt_s"] / MB
+            dec_rate = r["bytes"] / r["decrypt_s"] / MB
+            lines.append(
+                f"{r['label']:<36} {r['bytes'] / MiB:,.0f} MiB: "
+                f"before {_mib(r['rss_before_kib'])}, "
+                f"encrypt peak {_mib(r['encrypt_peak_kib'])} ({enc_rate:,.0f} MB/s), "
+                f"decrypt peak {_mib(r['decrypt_peak_kib'])} ({dec_rate:,.0f} MB/s)"
+                + ("" if r["reset"] else " [VmHWM could not be reset: includes setup]")
+            )
+    lines.append("")
+    lines.append("## targets (issue 6)")
+    for g in goals:
+        value = "n/a" if g["value"] is None else f"{g['value']:.2f}"
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[g["met"]]
+        sign = "≤" if "RSS" in g["target"] else "≥"
+        lines.append(f"{g['target']:<60} {value:>8}  (goal {sign} {g['goal']:g})  {verdict}")
+    return "\n".join(lines)
+
+
+def _mib(kib: int | None) -> str:
+    return "n/a" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [w for w in WORK_TITLES if any(r["work"] == w and "rate" in r for r in rows)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.2 + 1.9 * len(panels)), squeeze=False)
+    for ax, work in zip(axes[:, 0], panels, strict=True):
+        group = [r for r in rows if r["work"] == work and "rate" in r]
+        labels = list(dict.fromkeys(r["label"] for r in group))
+        y = range(len(labels))
+        for k, (op, color) in enumerate((("encrypt", "#3b75af"), ("decrypt", "#ef8636"))):
+            values = []
+            for label in labels:
+                match = [r["rate"] for r in group if r["label"] == label and r["op"] == op]
+                values.append(match[0] if match else 0)
+            ax.barh([i + 0.4 * k - 0.2 for i in y], values, height=0.4, color=color, label=op)
+        ax.set_yticks(list(y), labels, fontsize=8)
+        ax.invert_yaxis()
+        unit = group[0]["unit"]
+        if work.startswith("messages"):
+            ax.set_xscale("log")
+        ax.set_xlabel(unit, fontsize=8)
+        ax.set_title(WORK_TITLES[work], fontsize=10, loc="left")
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,390 @@
+"""What is measured: kmsenvelope, its peers and the baselines, behind one small interface.
+
+Each subject is built inside its own worker process (``benchmarks.worker``) and offers some of:
+
+- ``encrypt_file(src, dst)`` / ``decrypt_file(src, dst)`` -- paths, file to file;
+- ``encrypt_stream(src, dst)`` / ``decrypt_stream(src, dst)`` -- a ``BytesIO`` into a sink;
+- ``seal(message)`` / ``open(ciphertext)`` -- one small message in memory.
+
+A subject whose package is missing raises ``Unavailable`` from its constructor; the run goes
+on and the report says why it was skipped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MiB = 1 << 20
+CHUNK = MiB  # the bare loops' chunk size (kmsenvelope's default chunk size too)
+
+
+class Unavailable(Exception):
+    """The subject's package cannot be imported here."""
+
+
+class Sink(io.RawIOBase):
+    """A binary stream that discards everything written to it (``close`` is harmless)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        return memoryview(b).nbytes
+
+    def close(self) -> None:  # Tink closes the stream it was given
+        pass
+
+
+class Keep(io.BytesIO):
+    """A BytesIO that survives ``close`` (to collect a peer's ciphertext during setup)."""
+
+    def close(self) -> None:
+        pass
+
+
+def _pump(src: BinaryIO, dst: Any, size: int = CHUNK) -> None:
+    """Copy ``src`` to ``dst`` through one reused buffer (how a careful caller feeds a peer)."""
+    buf = memoryview(bytearray(size))
+    while n := src.readinto(buf):  # type: ignore[attr-defined]
+        dst.write(buf[:n])
+
+
+class Subject:
+    name = "?"
+    note = ""
+
+
+# -- baselines -----------------------------------------------------------------------------------
+
+
+class Copy(Subject):
+    """``shutil.copyfile`` (in-kernel ``sendfile`` on Linux): the speed of the disk path."""
+
+    name = "file copy"
+
+    def encrypt_file(self, src: Path, dst: Path) -> None:
+        shutil.copyfile(src, dst)
+
+
+class BareLoop(Subject):
+    """The bare ``cryptography`` AES-256-GCM loop, one thread, reused 1 MiB buffers."""
+
+    name = "bare AES-GCM loop"
+    note = "cryptography encrypt_into/decrypt_into, 1 MiB chunks, one thread, no framing"
+
+    def __init__(self) -> None:
+        self.aead = AESGCM(bytes(range(32)))
+
+    def _loop(self, view: memoryview, block: int, decrypt: bool, dst: Any) -> None:
+        aead = self.aead
+        out = memoryview(bytearray(CHUNK + 16))
+        for i, off in enumerate(range(0, len(view), block)):
+            piece = view[off : off + block]
+            nonce = i.to_bytes(12, "big")
+            if decrypt:
+                n = len(piece) - 16
+                aead.decrypt_into(nonce, piece, None, out[:n])
+            else:
+                n = len(piece) + 16
+                aead.encrypt_into(nonce, piece, None, out[:n])
+            dst.write(out[:n])
+
+    # getvalue() hands out the BytesIO's own bytes (no copy), as kmsenvelope does.
+    def encrypt_stream(self, src: io.BytesIO, dst: Any) -> None:
+        self._loop(memoryview(src.getvalue()), CHUNK, False, dst)
+
+    def decrypt_stream(self, src: io.BytesIO, dst: Any) -> None:
+        self._loop(memoryview(src.getvalue()), CHUNK + 16, True, dst)
+
+    def encrypt_file(self, src: Path, dst: Path) -> None:
+        """The minimal serial read-encrypt-write loop (a reference row, not a target)."""
+        aead = self.aead
+        buf = memoryview(bytearray(CHUNK))
+        out = memoryview(bytearray(CHUNK + 16))
+        with src.open("rb") as i, dst.open("wb") as o:
+            index = 0
+            while n := i.readinto(buf):
+                aead.encrypt_into(index.to_bytes(12, "big"), buf[:n], None, out[: n + 16])
+                o.write(out[: n + 16])
+                index += 1
+
+    def decrypt_file(self, src: Path, dst: Path) -> None:
+        aead = self.aead
+        buf = memoryview(bytearray(CHUNK + 16))
+        out = memoryview(bytearray(CHUNK))
+        with src.open("rb") as i, dst.open("wb") as o:
+            index = 0
+            while n := i.readinto(buf):
+                aead.decrypt_into(index.to_bytes(12, "big"), buf[:n], None, out[: n - 16])
+                o.write(out[: n - 16])
+                index += 1
+
+
+class BareEnvelope(Subject):
+    """A hand-written envelope: random DEK, AES-GCM-wrapped, AES-GCM data (no format)."""
+
+    name = "bare envelope"
+    note = "random DEK, AES-GCM wrap, AES-GCM data; no header, KDF or MAC"
+
+    def __init__(self) -> None:
+        self.kek = AESGCM(bytes(range(32)))
+
+    def seal(self, message: bytes) -> bytes:
+        dek = os.urandom(32)
+        n1, n2 = os.urandom(12), os.urandom(12)
+        return n1 + self.kek.encrypt(n1, dek, None) + n2 + AESGCM(dek).encrypt(n2, message, None)
+
+    def open(self, blob: bytes) -> bytes:
+        dek = self.kek.decrypt(blob[:12], blob[12:60], None)
+        return AESGCM(dek).decrypt(blob[60:72], blob[72:], None)
+
+
+# -- kmsenvelope -----------------------------------------------------------------------------------
+
+
+class KmsEnvelope(Subject):
+    """kmsenvelope's Engine with an in-process AES KEK (``memory:``; no provider I/O)."""
+
+    name = "kmsenvelope"
+    note = "Engine + InMemoryKEK, default chunk size"
+
+    def __init__(self) -> None:
+        from kmsenvelope import Engine, ProviderRegistry
+        from kmsenvelope.config import Config
+        from kmsenvelope.memory import InMemoryKEK
+
+        self.kek = InMemoryKEK(bytes(range(32)), "bench")
+        self.to = [self.kek]
+        self.engine = Engine(registry=ProviderRegistry(), config=Config(), keys=[self.kek])
+
+    def encrypt_file(self, src: Path, dst: Path) -> None:
+        with src.open("rb") as i, dst.open("wb") as o:
+            self.engine.encrypt_stream(i, o, self.to)
+
+    def decrypt_file(self, src: Path, dst: Path) -> None:
+        with src.open("rb") as i, dst.open("wb") as o:
+            self.engine.decrypt_stream(i, o)
+
+    def encrypt_stream(self, src: io.BytesIO, dst: Any) -> None:
+        self.engine.encrypt_stream(src, dst, self.to)
+
+    def decrypt_stream(self, src: io.BytesIO, dst: Any) -> None:
+        self.engine.decrypt_stream(src, dst)
+
+    def seal(self, message: bytes) -> bytes:
+        return self.engine.encrypt(message, self.to)
+
+    def open(self, blob: bytes) -> bytes:
+        return self.engine.decrypt(blob)
+
+
+class KmsEnvelopeLocalHsm(KmsEnvelope):
+    """kmsenvelope through the local software HSM provider (keystore on disk, audit log on)."""
+
+    name = "kmsenvelope local HSM"
+    note = "local: provider, audit on (one audit record per wrap/unwrap)"
+
+    def __init__(self) -> None:
+        from kmsenvelope import Engine, ProviderRegistry
+        from kmsenvelope.config import Config
+        from kmsenvelope.local.keystore import Keystore
+
+        self._dir = tempfile.mkdtemp(prefix="kmsenvelope-bench-ks-")
+        atexit.register(shutil.rmtree, self._dir, True)
+        passphrase = "benchmark passphrase"
+        store = Path(self._dir) / "keystore"
+        Keystore.create(store, passphrase).create_key("bench")
+        os.environ["KMSENVELOPE_KEYSTORE_PASSPHRASE"] = passphrase
+        config = Config(providers={"local": {"keystore": str(store)}})
+        self.engine = Engine(registry=ProviderRegistry.load(), config=config)
+        self.to = [self.engine.open_key("local:bench")]
+        self.engine.encrypt(b"unlock", self.to)  # the one-time, memory-hard unlock
+
+
+class KmsEnvelopeCached(KmsEnvelope):
+    """kmsenvelope with the opt-in data-key cache (a different trade-off: not a target row)."""
+
+    name = "kmsenvelope + cache"
+    note = "DataKeyCache(max_age=60 s, max_messages=10000): one DEK for many messages"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from kmsenvelope.cache import DataKeyCache
+
+        self.engine.data_key_cache = DataKeyCache(max_age=60, max_messages=10_000)
+
+
+# -- peers -----------------------------------------------------------------------------------------
+
+
+def _esdk_client() -> Any:
+    try:
+        import aws_encryption_sdk
+        from aws_encryption_sdk import CommitmentPolicy
+    except ImportError as exc:
+        raise Unavailable(f"aws-encryption-sdk is not installed ({exc})") from None
+    return aws_encryption_sdk.EncryptionSDKClient(
+        commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
+    )
+
+
+class Esdk(Subject):
+    """AWS Encryption SDK 4.x, raw AES keyring (Material Providers Library), its defaults."""
+
+    name = "AWS Encryption SDK"
+    note = "raw AES keyring (MPL), default suite and frame size, streaming API"
+
+    def __init__(self) -> None:
+        self.client = _esdk_client()
+        try:
+            from aws_cryptographic_material_providers.mpl import AwsCryptographicMaterialProviders
+            from aws_cryptographic_material_providers.mpl.config import MaterialProvidersConfig
+            from aws_cryptographic_material_providers.mpl.models import (
+                AesWrappingAlg,
+                CreateRawAesKeyringInput,
+            )
+        except ImportError as exc:
+            raise Unavailable(f"aws-cryptographic-material-providers is missing ({exc})") from None
+        mpl = AwsCryptographicMaterialProviders(config=MaterialProvidersConfig())
+        self.kwargs = {
+            "keyring": mpl.create_raw_aes_keyring(
+                input=CreateRawAesKeyringInput(
+                    key_namespace="bench",
+                    key_name="bench",
+                    wrapping_key=bytes(range(32)),
+                    wrapping_alg=AesWrappingAlg.ALG_AES256_GCM_IV12_TAG16,
+                )
+            )
+        }
+
+    def _stream(self, mode: str, src: BinaryIO, dst: Any) -> None:
+        with self.client.stream(source=src, mode=mode, **self.kwargs) as stream:
+            for piece in stream:
+                dst.write(piece)
+
+    def encrypt_file(self, src: Path, dst: Path) -> None:
+        with src.open("rb") as i, dst.open("wb") as o:
+            self._stream("e", i, o)
+
+    def decrypt_file(self, src: Path, dst: Path) -> None:
+        with src.open("rb") as i, dst.open("wb") as o:
+            self._stream("d", i, o)
+
+    def encrypt_stream(self, src: io.BytesIO, dst: Any) -> None:
+        self._stream("e", src, dst)
+
+    def decrypt_stream(self, src: io.BytesIO, dst: Any) -> None:
+        self._stream("d", src, dst)
+
+    def seal(self, message: bytes) -> bytes:
+        ciphertext, _header = self.client.encrypt(source=message, **self.kwargs)
+        return bytes(ciphertext)
+
+    def open(self, blob: bytes) -> bytes:
+        plaintext, _header = self.client.decrypt(source=blob, **self.kwargs)
+        return bytes(plaintext)
+
+
+class EsdkMasterKey(Esdk):
+    """AWS Encryption SDK 4.x with the legacy raw AES master key (no MPL in the path)."""
+
+    name = "AWS Encryption SDK (raw master key)"
+    note = "RawMasterKey AES-256-GCM, default suite"
+
+    def __init__(self) -> None:
+        self.client = _esdk_client()
+        from aws_encryption_sdk.identifiers import EncryptionKeyType, WrappingAlgorithm
+        from aws_encryption_sdk.key_providers.raw import RawMasterKey, WrappingKey
+
+        self.kwargs = {
+            "key_provider": RawMasterKey(
+                provider_id="bench",
+                key_id=b"bench",
+                wrapping_key=WrappingKey(
+                    wrapping_algorithm=WrappingAlgorithm.AES_256_GCM_IV12_TAG16_NO_PADDING,
+                    wrapping_key=bytes(range(32)),
+                    wrapping_key_type=EncryptionKeyType.SYMMETRIC,
+                ),
+            )
+        }
+
+
+def _tink() -> Any:
+    try:
+        import tink
+        from tink import aead, streaming_aead
+    except ImportError as exc:
+        raise Unavailable(f"tink is not installed ({exc})") from None
+    aead.register()
+    streaming_aead.register()
+    return tink, aead, streaming_aead
+
+
+class TinkStreaming(Subject):
+    """Tink streaming AEAD, AES256_GCM_HKDF_1MB, fed through one reused 1 MiB buffer."""
+
+    name = "Tink streaming AEAD"
+    note = "AES256_GCM_HKDF_1MB"
+
+    def __init__(self) -> None:
+        tink, _aead, streaming_aead = _tink()
+        handle = tink.new_keyset_handle(
+            streaming_aead.streaming_aead_key_templates.AES256_GCM_HKDF_1MB
+        )
+        self.primitive = handle.primitive(streaming_aead.StreamingAead)
+
+    def encrypt_stream(self, src: BinaryIO, dst: Any) -> None:
+        with self.primitive.new_encrypting_stream(dst, b"") as stream:
+            _pump(src, stream)
+
+    def decrypt_stream(self, src: BinaryIO, dst: Any) -> None:
+        with self.primitive.new_decrypting_stream(src, b"") as stream:
+            _pump(stream, dst)
+
+    def encrypt_file(self, src: Path, dst: Path) -> None:
+        with src.open("rb") as i, dst.open("wb") as o:
+            self.encrypt_stream(i, o)
+
+    def decrypt_file(self, src: Path, dst: Path) -> None:
+        with src.open("rb") as i, dst.open("wb") as o:
+            self.decrypt_stream(i, o)
+
+
+class TinkEnvelope(Subject):
+    """Tink KmsEnvelopeAead (AES256_GCM DEKs) with a local AES256_GCM Tink AEAD as the KEK."""
+
+    name = "Tink KmsEnvelopeAead"
+    note = "local AES256_GCM KEK (no KMS call)"
+
+    def __init__(self) -> None:
+        tink, aead, _streaming = _tink()
+        remote = tink.new_keyset_handle(aead.aead_key_templates.AES256_GCM).primitive(aead.Aead)
+        self.primitive = aead.KmsEnvelopeAead(aead.aead_key_templates.AES256_GCM, remote)
+
+    def seal(self, message: bytes) -> bytes:
+        return bytes(self.primitive.encrypt(message, b""))
+
+    def open(self, blob: bytes) -> bytes:
+        return bytes(self.primitive.decrypt(blob, b""))
+
+
+SUBJECTS: dict[str, type[Subject]] = {
+    "copy": Copy,
+    "bare": BareLoop,
+    "bare-envelope": BareEnvelope,
+    "kmsenvelope": KmsEnvelope,
+    "kmsenvelope-local": KmsEnvelopeLocalHsm,
+    "kmsenvelope-cache": KmsEnvelopeCached,
+    "esdk": Esdk,
+    "esdk-masterkey": EsdkMasterKey,
+    "tink-streaming": TinkStreaming,
+    "tink-envelope": TinkEnvelope,
+}
