@@ -278,3 +278,19 @@ def test_restore_with_wrong_backup_passphrase_creates_nothing(
     proc = run("--keystore", str(target), "keys", "restore", str(backup), env=env)
     assert_one_line_error(proc, 11)
     assert not target.exists()
+
+
+def test_global_options_work_after_the_subcommand(tmp_path: Path) -> None:
+    """``--keystore`` (and the other global options) may follow the subcommand too."""
+    env = {**os.environ, "KMSENVELOPE_KEYSTORE_PASSPHRASE": "p"}
+    ks = tmp_path / "after"
+    made = run("keys", "create", "late", "--keystore", str(ks), "-q", env=env)
+    assert made.returncode == 0, err(made)
+    assert (ks / "keys" / "late.json").exists()
+    listed = run("keys", "list", "--json", "--keystore", str(ks), env=env)
+    assert [k["name"] for k in json.loads(listed.stdout)] == ["late"]
+    enc = run("encrypt", "--to", "local:late", "--keystore", str(ks), stdin=b"z", env=env)
+    assert run("decrypt", "--keystore", str(ks), stdin=enc.stdout, env=env).stdout == b"z"
+    assert run("audit", "verify", "--keystore", str(ks), env=env).returncode == 0
+    # The option given before the subcommand still counts when not repeated after it.
+    assert run("--keystore", str(ks), "keys", "list", env=env).returncode == 0

@@ -46,13 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes are listed in 'python -m pydoc kmsenvelope.cli' and the README.",
     )
     parser.add_argument("--version", action="version", version=f"kmsenvelope {__version__}")
-    parser.add_argument("--config", metavar="FILE", help="config file (default: search path)")
-    parser.add_argument("--profile", metavar="NAME", help="config profile to use")
-    parser.add_argument("--keystore", metavar="DIR", help="local keystore directory")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or status")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)"
-    )
+    _add_global_options(parser, default=None)
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
@@ -60,7 +54,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_key_commands(sub)
     add_migrate_commands(sub)
     add_admin_commands(sub)
+    _accept_global_options_everywhere(parser)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """--config, --profile, --keystore, -q, -v. On subcommands their default is SUPPRESS,
+    so ``kmsenvelope keys create NAME --keystore DIR`` works as well as putting them first."""
+    parser.add_argument(
+        "--config", metavar="FILE", default=default, help="config file (default: search path)"
+    )
+    parser.add_argument("--profile", metavar="NAME", default=default, help="config profile to use")
+    parser.add_argument(
+        "--keystore", metavar="DIR", default=default, help="local keystore directory"
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=False if default is None else default,
+        help="no progress or status",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if default is None else default,
+        help="log to stderr (-vv: debug)",
+    )
+
+
+def _accept_global_options_everywhere(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_global_options(child, default=argparse.SUPPRESS)
+                _accept_global_options_everywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
