@@ -306,20 +306,6 @@ class Engine:
         payload_key, mac_key = derive_keys(dek, nonce)
         return header.encode(mac_key), payload_key, size
 
-    def _seal_header(
-        self,
-        keks: Sequence[KeyEncryptionKey],
-        dek: bytes,
-        nonce: bytes,
-        context: Mapping[str, str],
-        chunk_size: int,
-    ) -> tuple[bytes, bytes]:
-        """Return ``(header_bytes, payload_key)`` for a fresh envelope."""
-        wrapped = self._wrap_all(keks, dek, context)
-        header = new_header(chunk_size, nonce, context, wrapped)
-        payload_key, mac_key = derive_keys(dek, nonce)
-        return header.encode(mac_key), payload_key
-
     def encrypt(
         self,
         data: bytes | bytearray | memoryview,
