@@ -86,6 +86,10 @@ class Config:
     context: Mapping[str, str] = field(default_factory=dict)
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """Secrets redacted, like ``config show`` (a repr ends up in tracebacks and logs)."""
+        return f"Config({self.redacted()!r})"
+
     def provider_settings(self, scheme: str) -> Mapping[str, Any]:
         """The ``[providers.SCHEME]`` table (empty if absent), read-only."""
         return MappingProxyType(dict(self.providers.get(scheme, {})))

@@ -16,6 +16,7 @@ the payload is byte-for-byte the one a serial loop writes (docs/format.md, secti
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import queue
@@ -174,6 +175,12 @@ def release_buffers() -> None:
     BUFFERS.clear()
 
 
+def wipe(buf: bytearray) -> None:
+    """Overwrite ``buf`` with zeros in place (no temporary allocation)."""
+    if buf:
+        ctypes.memset((ctypes.c_char * len(buf)).from_buffer(buf), 0, len(buf))
+
+
 class _Slot:
     """Reused buffers for one batch in flight."""
 
@@ -186,17 +193,15 @@ class _Slot:
         self.outview = memoryview(self.outbuf)
         self.written = 0  # plaintext bytes of this slot's last batch that reached dst
 
-    def release(self, wipe: bool) -> None:
-        """Give the buffers back to the pool (wiped first if they may hold unauthenticated
-        plaintext from a failed decryption)."""
+    def release(self) -> None:
+        """Wipe the buffers (they held plaintext, perhaps unauthenticated) and pool them."""
         for view in (self.inview, self.outview):
             if view is not None:
                 view.release()
         self.inview = None
         for buf in (self.inbuf, self.outbuf):
             if buf is not None:
-                if wipe:
-                    buf[:] = bytes(len(buf))
+                wipe(buf)
                 BUFFERS.give(buf)
         self.inbuf = None
 
@@ -328,9 +333,8 @@ class _Pipeline:
         finally:
             if self.memory is not None:
                 self.src.seek(self.offset, io.SEEK_CUR)
-            wipe = self.decrypting and self.failed.is_set()
             for s in self.slots:
-                s.release(wipe)
+                s.release()
 
     def _threaded(
         self, slot: _Slot, batch: memoryview, lookahead: _Slot, following: memoryview
@@ -467,5 +471,9 @@ def decrypt_bytes(payload: bytes | memoryview, payload_key: bytes, chunk_size: i
     if plain is None:
         raise AuthenticationError()
     out = bytearray(plain)
-    _open_batch(AESGCM(payload_key), memoryview(payload), memoryview(out), 0, True, chunk_size)
+    try:
+        _open_batch(AESGCM(payload_key), memoryview(payload), memoryview(out), 0, True, chunk_size)
+    except AuthenticationError:
+        wipe(out)  # it may hold the unauthenticated plaintext of the failing chunk
+        raise
     return bytes(out)

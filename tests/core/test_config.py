@@ -161,3 +161,18 @@ def test_cli_bad_config_is_one_line(isolated_env: Path) -> None:
     assert out.stderr.count("\n") == 1
     assert "Traceback" not in out.stderr
     assert "kmsenvelope.toml:1: key 'recipent': unknown key" in out.stderr
+
+
+def test_config_repr_redacts_secrets() -> None:
+    from kmsenvelope import Config
+
+    cfg = Config(
+        providers={
+            "pkcs11": {"pin": "1234", "token": "label"},
+            "azure-kv": {"client_secret": "S3cr3t"},
+        }
+    )
+    text = repr(cfg)
+    assert "1234" not in text
+    assert "S3cr3t" not in text
+    assert "label" in text

@@ -387,3 +387,15 @@ def test_missing_head_with_entries_blocks_further_use(log: Path, keystore: Keyst
     (log.parent / "audit.head").unlink()
     with pytest.raises(AuditLogError, match=r"audit\.head is missing"):
         keystore.create_key("blocked")
+
+
+def test_torn_last_line_from_a_crash_is_repaired_by_the_next_append(
+    log: Path, keystore: Keystore
+) -> None:
+    before = keystore.audit.verify().entries
+    with log.open("ab") as fh:
+        fh.write(b'{"seq": 99, "op": "wr')  # a process died mid-append
+    with pytest.raises(AuditLogError, match="incomplete last entry"):
+        keystore.audit.verify()
+    keystore.create_key("after-torn-write")
+    assert keystore.audit.verify().entries == before + 1

@@ -648,3 +648,16 @@ def test_empty_passphrase_is_refused(tmp_path: Path) -> None:
     with pytest.raises(KeystoreError):
         Keystore.create(tmp_path / "empty", "", kdf=FAST_KDF)
     assert not Keystore.exists(tmp_path / "empty")
+
+
+def test_crafted_kdf_parameters_are_refused_before_deriving(keystore_dir: Path) -> None:
+    """A keystore.json asking for 64 GiB of Argon2 memory must not be obeyed."""
+    meta = keystore_dir / "keystore.json"
+    doc = json.loads(meta.read_text())
+    doc["kdf"]["memory_kib"] = 64 * 1024 * 1024
+    meta.write_text(json.dumps(doc))
+    from kmsenvelope.local.keystore import _KEY_CACHE
+
+    _KEY_CACHE.clear()
+    with pytest.raises(KeystoreCorruptError, match="exceed the limits"):
+        Keystore.open(keystore_dir, "anything")

@@ -312,3 +312,21 @@ def test_migrate_with_in_memory_keys_only(tmp_path: Path) -> None:
         Engine(registry=ProviderRegistry(), config=Config(), keys=[b]).decrypt(path.read_bytes())
         == b"x"
     )
+
+
+def test_journal_recovers_from_a_torn_last_line(tmp_path: Path) -> None:
+    """A kill in the middle of a journal write must not poison every later --resume."""
+    path = tmp_path / "j"
+    j = Journal.open(path, {"to": ["a"]}, resume=False)
+    j.record("a", "done")
+    j.close()
+    with path.open("ab") as fh:
+        fh.write(b'{"key": "b", "sta')
+    for _ in range(3):  # resume, record, resume again: every line stays valid JSON
+        again = Journal.open(path, {"to": ["a"]}, resume=True)
+        assert again.status("a") == "done"
+        again.record("c", "done")
+        again.close()
+    lines = path.read_bytes().splitlines()
+    assert all(json.loads(line) for line in lines)
+    assert Journal.open(path, {"to": ["a"]}, resume=True).status("c") == "done"

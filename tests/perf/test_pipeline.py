@@ -229,3 +229,19 @@ def test_buffer_pool_is_bounded_and_releasable() -> None:
     assert stream.BUFFERS._held <= stream.BUFFERS.limit
     stream.release_buffers()
     assert stream.BUFFERS._held == 0
+
+
+def test_pooled_buffers_are_wiped_after_every_stream(tmp_path) -> None:
+    """Plaintext must not linger in the buffer pool after a stream, successful or not."""
+    marker = b"PLAINTEXT-MARKER" * (1 << 16)  # 1 MiB
+    key = bytes(range(32))
+    source = tmp_path / "plain"
+    source.write_bytes(marker * 5)
+    envelope = tmp_path / "payload"
+    with source.open("rb") as src, envelope.open("wb") as dst:  # file source: pooled inbuf
+        encrypt_payload(src, dst, key, 1 << 20)
+    with envelope.open("rb") as src:  # decrypt: plaintext in pooled outbufs
+        decrypt_payload(src, io.BytesIO(), key, 1 << 20)
+    pooled = [bytes(b) for bufs in stream.BUFFERS._free.values() for b in bufs]
+    assert pooled, "the pool should hold buffers for the next stream"
+    assert not any(b"PLAINTEXT-MARKER" in b for b in pooled)

@@ -125,12 +125,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+# SDK loggers that log request and response bodies at DEBUG: for KMS Encrypt/Decrypt those
+# bodies hold data keys. They never go below WARNING, whatever -v says.
+_SDK_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "azure", "msal", "pkcs11")
+
+
 def _configure_logging(verbose: int) -> None:
-    """Quiet by default: provider SDKs must not print their own lines before our error line."""
+    """Quiet by default: provider SDKs must not print their own lines before our error line.
+
+    ``-v``/``-vv`` (or KMSENVELOPE_DEBUG) turn on kmsenvelope's own loggers only.
+    """
     root = logging.getLogger()
+    for name in _SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     if verbose or os.environ.get(DEBUG_ENV):
         level = logging.DEBUG if verbose > 1 or os.environ.get(DEBUG_ENV) else logging.INFO
-        logging.basicConfig(level=level, format="kmsenvelope: %(name)s: %(message)s")
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("kmsenvelope: %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+        logging.getLogger("kmsenvelope").setLevel(level)
+        for name in ("kmsenvelope_aws", "kmsenvelope_azure", "kmsenvelope_pkcs11"):
+            logging.getLogger(name).setLevel(level)
     elif not root.handlers:
         root.addHandler(logging.NullHandler())  # no "last resort" printing of SDK warnings
 

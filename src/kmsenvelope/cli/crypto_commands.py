@@ -104,7 +104,15 @@ def add_crypto_commands(sub: Subcommands) -> None:
     )
     enc.set_defaults(handler=_encrypt)
 
-    dec = sub.add_parser("decrypt", help="decrypt an envelope (binary or compact)")
+    dec = sub.add_parser(
+        "decrypt",
+        help="decrypt an envelope (binary or compact)",
+        description="Decrypt an envelope. With -o FILE the plaintext is written to a temporary "
+        "file renamed into place only if the whole envelope authenticates. Written to stdout, "
+        "each chunk is authenticated before it is written, but a truncated or tampered tail is "
+        "only detected at the end: the exit code is then non-zero and what was already written "
+        "must be discarded.",
+    )
     dec.add_argument("-i", "--input", default="-", help="input file (default: stdin)")
     dec.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
     dec.add_argument(

@@ -7,10 +7,10 @@ import json
 import os
 import sys
 
-from ..errors import ConfigError
+from ..errors import ConfigError, KeystoreError
 from ..kek import scheme_of
 from ..local.keystore import KEY_TYPES, Keystore, read_backup
-from ..local.provider import passphrase_from_env
+from ..local.provider import PASSPHRASE_ENV
 from .context import CliContext, Subcommands
 
 __all__ = ["add_key_commands"]
@@ -96,20 +96,44 @@ def _destroy(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
-def _backup_passphrase() -> str:
-    return os.environ.get(BACKUP_PASSPHRASE_ENV) or passphrase_from_env(
-        prompt="Backup passphrase: "
+def _backup_passphrase(*, new: bool) -> str:
+    """KMSENVELOPE_BACKUP_PASSPHRASE; else a prompt (confirmed when making a backup); else,
+    non-interactively, the keystore passphrase -- said out loud on stderr."""
+    explicit = os.environ.get(BACKUP_PASSPHRASE_ENV)
+    if explicit:
+        return explicit
+    if sys.stdin.isatty():
+        return _prompt_backup_passphrase(new)
+    keystore_passphrase = os.environ.get(PASSPHRASE_ENV)
+    if not keystore_passphrase:
+        raise KeystoreError(f"set {BACKUP_PASSPHRASE_ENV} (or run on a terminal to be asked)")
+    print(
+        f"kmsenvelope: note: the backup uses the keystore passphrase; set "
+        f"{BACKUP_PASSPHRASE_ENV} to protect it with a different one",
+        file=sys.stderr,
     )
+    return keystore_passphrase
+
+
+def _prompt_backup_passphrase(new: bool) -> str:
+    import getpass
+
+    first = getpass.getpass("Backup passphrase: ")
+    if new and getpass.getpass("Repeat backup passphrase: ") != first:
+        raise KeystoreError("the two passphrases differ")
+    if not first:
+        raise KeystoreError("empty passphrase")
+    return first
 
 
 def _backup(ctx: CliContext, args: argparse.Namespace) -> int:
-    count = ctx.open_keystore().backup(args.file, _backup_passphrase())
+    count = ctx.open_keystore().backup(args.file, _backup_passphrase(new=True))
     _say(args, f"backed up {count} key(s) to {args.file}")
     return 0
 
 
 def _restore(ctx: CliContext, args: argparse.Namespace) -> int:
-    passphrase = _backup_passphrase()
+    passphrase = _backup_passphrase(new=False)
     read_backup(args.file, passphrase)  # check the backup opens before creating a keystore
     store = ctx.open_keystore(create=not Keystore.exists(ctx.keystore_path))
     names = store.restore(args.file, passphrase)

@@ -91,6 +91,25 @@ class AuditLog:
             return None
         return entry if isinstance(entry, dict) else None
 
+    def _drop_torn_tail(self) -> None:
+        """A process killed mid-append leaves a line without its newline: cut it (it was never
+        a complete entry; the head still names the last complete one)."""
+        try:
+            fh = self.path.open("r+b")
+        except FileNotFoundError:
+            return
+        with fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            fh.seek(max(0, size - 65536))
+            tail = fh.read()
+            if tail.endswith(b"\n"):
+                return
+            cut = tail.rfind(b"\n")
+            fh.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
+            os.fsync(fh.fileno())
+
     def _valid_successor(self, entry: Mapping[str, Any] | None, seq: int, prev: str) -> bool:
         """Is ``entry`` a correctly chained entry ``seq + 1`` after ``prev``?"""
         if entry is None or entry.get("seq") != seq + 1 or entry.get("prev") != prev:
@@ -142,6 +161,7 @@ class AuditLog:
             body["detail"] = dict(detail)
         digest = self._hash(prev, body)
         line = _canonical({**body, "hash": digest}) + b"\n"
+        self._drop_torn_tail()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line)
@@ -176,7 +196,14 @@ class AuditLog:
                 stored = entry.pop("hash")
                 seq = entry["seq"]
             except (ValueError, KeyError, TypeError):
-                raise AuditLogError(f"{where}: entry is not valid audit JSON (edited?)") from None
+                torn = lineno == len(lines) and not raw.endswith(b"\n")
+                why = (
+                    "incomplete last entry (a process died while writing it?; the next "
+                    "keystore operation removes it)"
+                    if torn
+                    else "entry is not valid audit JSON (edited?)"
+                )
+                raise AuditLogError(f"{where}: {why}") from None
             if seq != count + 1:
                 raise AuditLogError(
                     f"{where}: expected entry {count + 1} but found {seq}: "

@@ -64,6 +64,11 @@ _CHECK = b"kmsenvelope keystore passphrase check"
 VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,9}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 DEFAULT_KDF: dict[str, Any] = {"name": "argon2id", "iterations": 3, "memory_kib": 65536, "lanes": 4}
+# Upper bounds on parameters read from keystore.json or a backup: a crafted file must not be
+# able to make an unlock take minutes or gigabytes.
+_MAX_KDF_MEMORY_KIB = 4 * 1024 * 1024
+_MAX_KDF_ITERATIONS = 64
+_MAX_KDF_LANES = 64
 _OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
@@ -99,6 +104,20 @@ def check_name(name: str) -> str:
 def _derive_root(passphrase: str, kdf: Mapping[str, Any], salt: bytes) -> bytes:
     if kdf.get("name") != "argon2id":
         raise KeystoreCorruptError(f"unsupported keystore KDF {kdf.get('name')!r}")
+    try:
+        costly = (
+            int(kdf["memory_kib"]) > _MAX_KDF_MEMORY_KIB
+            or int(kdf["iterations"]) > _MAX_KDF_ITERATIONS
+            or int(kdf["lanes"]) > _MAX_KDF_LANES
+        )
+    except (KeyError, ValueError, TypeError):
+        costly = False  # reported below as invalid parameters
+    if costly:
+        raise KeystoreCorruptError(
+            "keystore KDF parameters exceed the limits this version accepts "
+            f"(memory <= {_MAX_KDF_MEMORY_KIB} KiB, iterations <= {_MAX_KDF_ITERATIONS}, "
+            f"lanes <= {_MAX_KDF_LANES}): refusing a file that could exhaust memory"
+        )
     try:
         return Argon2id(
             salt=salt,
