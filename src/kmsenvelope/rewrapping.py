@@ -122,8 +122,8 @@ def rewrap_header(
             if not isinstance(kek, RotatableKey):
                 continue
             newest = kek.latest()
-            if newest is kek:
-                continue  # no versions to move to
+            if newest is kek or newest.key_id == r.key_id:
+                continue  # already at the current version: no wrap, no provider call
             w = engine._wrap_one(newest, dek, context)
             if w.key_id != r.key_id:
                 kept[index] = w

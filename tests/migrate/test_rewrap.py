@@ -176,3 +176,11 @@ def test_engine_without_ambient_config() -> None:
     assert result.added == ("memory:b",)
     assert result.removed == ("memory:a",)
     assert Engine(registry=ProviderRegistry(), config=Config(), keys=[b]).decrypt(out) == b"x"
+
+
+def test_rotate_makes_no_wrap_call_when_already_current(keys: Keystore) -> None:
+    env = kmsenvelope.encrypt(b"x", ["local:a"])
+    audit = keys.directory / "audit.log"
+    before = audit.read_bytes().count(b'"op":"wrap"')
+    assert kmsenvelope.rewrap(env, rotate=True) == env
+    assert audit.read_bytes().count(b'"op":"wrap"') == before

@@ -102,10 +102,12 @@ class LocalKEK:
             return self._store
 
     def latest(self) -> LocalKEK:
-        """This key at its current version (``local:NAME``)."""
-        if self._version is None:
+        """This key at its current version, resolved now (``local:NAME/CURRENT``), so that a
+        recipient already at that version is recognised without wrapping anything."""
+        current = self.keystore.get(self._name).current
+        if self._version == current:
             return self
-        kek = LocalKEK(f"local:{self._name}", self._settings)
+        kek = LocalKEK(f"local:{self._name}/{current}", self._settings)
         kek._store = self._store
         return kek
 
