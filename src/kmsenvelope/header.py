@@ -312,12 +312,8 @@ def read_exact(src: BinaryIO, n: int) -> bytes:
     return bytes(buf)
 
 
-def read_header(src: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[Header, int]:
-    """Read and parse a binary header from ``src``; return it and its size in bytes.
-
-    The length field is checked against ``limits.max_header_size`` before allocating.
-    """
-    head = src.read(_PREFIX.size)
+def _body_length(head: bytes, limits: Limits) -> int:
+    """Check magic, version and length prefix; the body length, within ``limits``."""
     if len(head) < len(MAGIC) or head[: len(MAGIC) - 1] != MAGIC[:-1]:
         raise MalformedEnvelopeError(
             "input is not a kmsenvelope envelope (no 'KMSENV' marker at the start)"
@@ -333,6 +329,16 @@ def read_header(src: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[Header,
         raise MalformedEnvelopeError(
             f"envelope header is {body_len} bytes (limit {limits.max_header_size})"
         )
+    return int(body_len)
+
+
+def read_header(src: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[Header, int]:
+    """Read and parse a binary header from ``src``; return it and its size in bytes.
+
+    The length field is checked against ``limits.max_header_size`` before allocating.
+    """
+    head = src.read(_PREFIX.size)
+    body_len = _body_length(head, limits)
     body = read_exact(src, body_len)
     mac = read_exact(src, MAC_SIZE)
     header = Header(*_parse_fields(body, limits), mac, head + body)
@@ -344,21 +350,7 @@ def parse_header(
 ) -> tuple[Header, int]:
     """:func:`read_header` for an envelope already in memory (same checks, same errors)."""
     head = bytes(data[: _PREFIX.size])
-    if len(head) < len(MAGIC) or head[: len(MAGIC) - 1] != MAGIC[:-1]:
-        raise MalformedEnvelopeError(
-            "input is not a kmsenvelope envelope (no 'KMSENV' marker at the start)"
-        )
-    if head[len(MAGIC) - 1] != MAGIC[-1]:
-        raise MalformedEnvelopeError(
-            f"unsupported envelope format version {head[len(MAGIC) - 1]} (this reader knows 1)"
-        )
-    if len(head) < _PREFIX.size:
-        raise MalformedEnvelopeError("envelope header is truncated")
-    _, body_len = _PREFIX.unpack(head)
-    if body_len > limits.max_header_size:
-        raise MalformedEnvelopeError(
-            f"envelope header is {body_len} bytes (limit {limits.max_header_size})"
-        )
+    body_len = _body_length(head, limits)
     end = _PREFIX.size + body_len
     size = end + MAC_SIZE
     if len(data) < size:

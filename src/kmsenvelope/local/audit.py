@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AuditLogError
-from .files import atomic_write
+from .files import atomic_write, drop_torn_tail
 
 __all__ = ["AuditLog", "AuditReport"]
 
@@ -91,25 +91,6 @@ class AuditLog:
             return None
         return entry if isinstance(entry, dict) else None
 
-    def _drop_torn_tail(self) -> None:
-        """A process killed mid-append leaves a line without its newline: cut it (it was never
-        a complete entry; the head still names the last complete one)."""
-        try:
-            fh = self.path.open("r+b")
-        except FileNotFoundError:
-            return
-        with fh:
-            size = fh.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            fh.seek(max(0, size - 65536))
-            tail = fh.read()
-            if tail.endswith(b"\n"):
-                return
-            cut = tail.rfind(b"\n")
-            fh.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
-            os.fsync(fh.fileno())
-
     def _valid_successor(self, entry: Mapping[str, Any] | None, seq: int, prev: str) -> bool:
         """Is ``entry`` a correctly chained entry ``seq + 1`` after ``prev``?"""
         if entry is None or entry.get("seq") != seq + 1 or entry.get("prev") != prev:
@@ -161,7 +142,7 @@ class AuditLog:
             body["detail"] = dict(detail)
         digest = self._hash(prev, body)
         line = _canonical({**body, "hash": digest}) + b"\n"
-        self._drop_torn_tail()
+        drop_torn_tail(self.path)  # a crash mid-append left half a line: never an entry
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line)

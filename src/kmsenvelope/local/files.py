@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "ensure_private_dir", "locked"]
+__all__ = ["atomic_write", "drop_torn_tail", "ensure_private_dir", "locked"]
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -59,3 +59,23 @@ def locked(lock_path: Path, *, exclusive: bool = True) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line left without its newline by a process killed mid-append (an
+    append-only JSON-lines file), so the next record starts on a line of its own."""
+    try:
+        fh = path.open("r+b")
+    except FileNotFoundError:
+        return
+    with fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(max(0, size - 65536))
+        tail = fh.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        fh.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
+        os.fsync(fh.fileno())

@@ -17,26 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..local.files import drop_torn_tail
 
 __all__ = ["FINAL", "Journal"]
 
 FORMAT = "kmsenvelope-migrate-journal/1"
 FINAL = frozenset({"done", "unchanged", "skipped"})
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a last line left incomplete by a crash, so the next record starts on its own line."""
-    with path.open("r+b") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        fh.seek(max(0, size - 65536))
-        tail = fh.read()
-        if tail.endswith(b"\n"):
-            return
-        cut = tail.rfind(b"\n")
-        fh.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
-        os.fsync(fh.fileno())
 
 
 class Journal:
@@ -71,7 +57,7 @@ class Journal:
                 f"{target} belongs to a different migration (its job: {json.dumps(spec)}); "
                 "resume with the same targets, or delete it"
             )
-        _drop_torn_tail(target)
+        drop_torn_tail(target)
         journal = cls(target, statuses, complete)
         journal._append({"resumed": time.time()})
         return journal
