@@ -16,8 +16,10 @@ Measured, encrypt and decrypt, each (subject, work, operation) in a fresh proces
 
 Every timing is the median of ``--runs`` runs (after one warm-up run); every ratio divides two
 medians from this run. File runs start after ``os.sync()`` with the output deleted, so that one
-run's write-back does not slow the next. Prints the table; writes ``results/latest.json`` and
-``results/latest.png``. ``--quick`` shrinks everything for a smoke run.
+run's write-back does not slow the next, and each file subject's ratio uses a copy of the same
+file timed just before each of its runs, in the same process (a paired baseline). Prints the
+table; writes ``results/latest.json`` and ``results/latest.png``. ``--quick`` shrinks
+everything for a smoke run.
 """
 
 from __future__ import annotations

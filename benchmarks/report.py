@@ -42,6 +42,11 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row["unit"] = "MB/s"
         rows.append(row)
     for row in rows:
+        if row.get("paired_copy_times") and "median_s" in row:
+            # File work: the copy timed just before each run of this subject, same process.
+            row["paired_copy_median_s"] = statistics.median(row["paired_copy_times"])
+            row["ratio_vs_baseline"] = row["paired_copy_median_s"] / row["median_s"]
+            continue
         base = _baseline(rows, row["work"], row["op"])
         if base is not None and "rate" in row and "rate" in base:
             row["ratio_vs_baseline"] = row["rate"] / base["rate"]
@@ -79,7 +84,13 @@ def targets(rows: list[dict[str, Any]], rss: list[dict[str, Any]]) -> list[dict[
         out.append({"target": what, "value": value, "goal": goal, "met": met})
 
     for op in ("encrypt", "decrypt"):
-        add(f"file→file {op} vs copy", _ratio(rows, "file", op, "kmsenvelope", "copy"), 0.9)
+        mine = _find(rows, "file", op, "kmsenvelope")
+        paired = mine.get("ratio_vs_baseline") if mine and "paired_copy_times" in mine else None
+        add(
+            f"file→file {op} vs copy (paired)",
+            paired if paired is not None else _ratio(rows, "file", op, "kmsenvelope", "copy"),
+            0.9,
+        )
     for op in ("encrypt", "decrypt"):
         add(f"in memory {op} vs bare loop", _ratio(rows, "memory", op, "kmsenvelope", "bare"), 0.8)
         add(f"in memory {op} vs AWS ESDK", _ratio(rows, "memory", op, "kmsenvelope", "esdk"), 5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -93,19 +94,34 @@ def run_file(subject: Any, task: dict[str, Any]) -> dict[str, Any]:
         out.unlink(missing_ok=True)
         os.sync()
 
+    copies: list[float] = []
+
+    def paired() -> None:
+        """Before each run of the subject, time one copy of the same file: a baseline paired
+        run by run, so the VM's drift (write-back, neighbours) falls on both alike."""
+        fresh()
+        start = time.perf_counter()
+        shutil.copyfile(src, out)
+        copies.append(time.perf_counter() - start)
+        fresh()
+
+    before = fresh if task["subject"] == "copy" else paired
     try:
         if task["op"] == "encrypt":
-            times = timed(lambda: subject.encrypt_file(src, out), task["runs"], fresh)
+            times = timed(lambda: subject.encrypt_file(src, out), task["runs"], before)
         else:
             sealed = work / f"sealed-{os.getpid()}"
             subject.encrypt_file(src, sealed)
-            times = timed(lambda: subject.decrypt_file(sealed, out), task["runs"], fresh)
+            times = timed(lambda: subject.decrypt_file(sealed, out), task["runs"], before)
             if not _same_file(src, out):
                 raise AssertionError("decrypted file differs from the source")
             sealed.unlink()
     finally:
         out.unlink(missing_ok=True)
-    return {"times": times, "bytes": src.stat().st_size}
+    result: dict[str, Any] = {"times": times, "bytes": src.stat().st_size}
+    if copies:
+        result["paired_copy_times"] = copies[1:]  # the first belongs to the warm-up run
+    return result
 
 
 def run_memory(subject: Any, task: dict[str, Any]) -> dict[str, Any]:
