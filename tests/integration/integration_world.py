@@ -54,6 +54,20 @@ def clean_process_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
+def create_kms_key(moto_endpoint: str, description: str = "") -> str:
+    """Create a symmetric key in moto with an admin client (not the provider's); its ARN."""
+    import boto3
+
+    kms = boto3.client(
+        "kms",
+        region_name=REGION,
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="admin",
+        aws_secret_access_key="admin",
+    )
+    return str(kms.create_key(Description=description)["KeyMetadata"]["Arn"])
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (connections are refused)."""
     with socket.socket() as sock:

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from integration_world import (
-    REGION,
     Corpus,
     Original,
     World,
     assert_report,
     check_corpus,
     closed_port,
+    create_kms_key,
     leftovers,
     make_corpus,
 )
@@ -104,7 +104,6 @@ def _restart(service: Any) -> None:
 def test_1000_envelopes_local_to_aws_to_azure_to_local(
     world: World, moto_endpoint: str, azure_cloud: Cloud, record_property: Any
 ) -> None:
-    import boto3
     from azure_kv_cloud import unique
 
     timings: dict[str, float] = {}
@@ -113,14 +112,7 @@ def test_1000_envelopes_local_to_aws_to_azure_to_local(
     # -- keys in each place -------------------------------------------------------------------
     made = world.cli("keys", "create", "first")
     assert made.returncode == 0, made.stderr
-    kms = boto3.client(
-        "kms",
-        region_name=REGION,
-        endpoint_url=moto_endpoint,
-        aws_access_key_id="admin",
-        aws_secret_access_key="admin",
-    )
-    arn = kms.create_key(Description=f"migration {uuid.uuid4()}")["KeyMetadata"]["Arn"]
+    arn = create_kms_key(moto_endpoint, f"migration {uuid.uuid4()}")
     world.configure(
         "aws-kms", {"endpoint_url": moto_endpoint, "backoff_base": 0.01, "backoff_max": 0.2}
     )

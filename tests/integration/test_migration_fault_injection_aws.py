@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from integration_world import (
-    REGION,
     Corpus,
     World,
     assert_report,
     check_corpus,
+    create_kms_key,
     leftovers,
     make_corpus,
     recipients_of,
@@ -98,7 +98,6 @@ class FaultDice:
 def setup(world: World, moto_endpoint: str) -> Iterator[Setup]:
     """local:src/2 wraps COUNT envelopes; one more envelope is wrapped only by local:src/1,
     which is then destroyed. A KMS key in moto, reached through the fault-injecting proxy."""
-    import boto3
     from aws_testing import FaultInjectingKms
 
     assert world.cli("keys", "create", "src").returncode == 0
@@ -113,14 +112,7 @@ def setup(world: World, moto_endpoint: str) -> Iterator[Setup]:
     made = world.cli("keys", "destroy", "src", "--version", "1", "--yes")
     assert made.returncode == 0, made.stderr
 
-    kms = boto3.client(
-        "kms",
-        region_name=REGION,
-        endpoint_url=moto_endpoint,
-        aws_access_key_id="admin",
-        aws_secret_access_key="admin",
-    )
-    arn = kms.create_key(Description=f"faults {uuid.uuid4()}")["KeyMetadata"]["Arn"]
+    arn = create_kms_key(moto_endpoint, f"faults {uuid.uuid4()}")
     proxy = FaultInjectingKms(upstream=moto_endpoint)
     proxy.start()
     world.configure(
@@ -184,7 +176,6 @@ def test_20_percent_faults_on_every_kms_call_lose_nothing(setup: Setup) -> None:
 def test_one_throttled_verification_unwrap_is_retried(world: World, moto_endpoint: str) -> None:
     """Regression: the unwrap that verifies a new recipient goes through the call policy too
     (it once bypassed it, so one throttled verification failed the envelope)."""
-    import boto3
     from aws_testing import FaultInjectingKms
 
     assert world.cli("keys", "create", "one").returncode == 0
@@ -192,14 +183,7 @@ def test_one_throttled_verification_unwrap_is_retried(world: World, moto_endpoin
     data.mkdir()
     envelope = data / "one.bin"
     envelope.write_bytes(world.engine().encrypt(b"one", ["local:one"]))
-    kms = boto3.client(
-        "kms",
-        region_name=REGION,
-        endpoint_url=moto_endpoint,
-        aws_access_key_id="admin",
-        aws_secret_access_key="admin",
-    )
-    arn = kms.create_key()["KeyMetadata"]["Arn"]
+    arn = create_kms_key(moto_endpoint)
     proxy = FaultInjectingKms(upstream=moto_endpoint)
     proxy.start()
     try:
