@@ -6,7 +6,9 @@ allocated once per stream and reused. A large stream runs as a small pipeline:
 - the calling thread reads the next batch (``readinto``; a ``BytesIO`` source is read in place,
   without a copy) and keeps one batch of lookahead, to know which chunk is the last;
 - up to ``workers`` threads encrypt or decrypt whole batches (``encrypt_into``/``decrypt_into``
-  release the GIL, so batches really run in parallel);
+  release the GIL, so batches really run in parallel); when reading costs CPU (a file, a pipe)
+  and only two CPUs are usable, the calling thread encrypts each batch itself between reads,
+  since a third busy thread on two cores would only slow the other two;
 - one writer thread writes the batches in order, and only after the whole batch is done: when
   decrypting, only after every chunk in it has authenticated.
 
@@ -42,7 +44,7 @@ TAG_SIZE = 16
 _MAX_COUNTER = 1 << 64  # far below 2**88; a larger payload is refused, never wrapped
 Progress = Callable[[int], None]
 
-BATCH_BYTES = 2 << 20
+BATCH_BYTES = 1 << 20
 """Payload bytes handed to a worker at once (whole chunks; at least one chunk)."""
 SLOTS = 4
 """Batches in flight (being read, encrypted or written): the memory is ``SLOTS`` x 2 batches."""
@@ -57,12 +59,20 @@ def chunk_nonce(index: int, last: bool) -> bytes:
     return index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
 
 
-def default_workers() -> int:
-    """Threads that encrypt or decrypt batches in parallel: the usable CPUs, at most 4."""
+def _usable_cpus() -> int:
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
+        return os.cpu_count() or 1
+
+
+def default_workers(reads_cost: bool = False) -> int:
+    """Threads that encrypt or decrypt batches in parallel, at most 4: one per usable CPU, less
+    the two that the reading (calling) thread and the writer thread keep busy when the input
+    is a real stream. 0 means the calling thread does the crypto itself, between reads."""
+    cpus = _usable_cpus()
+    if reads_cost:
+        return min(max(0, cpus - 2), MAX_WORKERS)
     return max(1, min(cpus, MAX_WORKERS))
 
 
@@ -236,8 +246,8 @@ class _Pipeline:
         per_batch = max(1, BATCH_BYTES // chunk)
         self.per_batch = per_batch
         self.in_size, self.out_size = per_batch * in_block, per_batch * out_block
-        self.workers = workers or default_workers()
         self.memory = _memory_source(src)
+        self.workers = default_workers(self.memory is None) if workers is None else workers
         self.slots: list[_Slot] = []
         self.free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         self.pending: queue.SimpleQueue[tuple[Future[tuple[int, int]], _Slot] | None] = (
@@ -307,6 +317,26 @@ class _Pipeline:
         out = self.work(self.aead, batch, slot.outview, index, last, self.chunk)
         return out, self._plain(out, batch)
 
+    def _submit(
+        self,
+        pool: ThreadPoolExecutor | None,
+        batch: memoryview,
+        slot: _Slot,
+        index: int,
+        last: bool,
+    ) -> Future[tuple[int, int]]:
+        """Run one batch on a worker, or right here when there are no workers (the calling
+        thread then reads and encrypts while the writer thread writes the previous batch)."""
+        if pool is not None:
+            return pool.submit(self._job, batch, slot, index, last)
+        done: Future[tuple[int, int]] = Future()
+        try:
+            done.set_result(self._job(batch, slot, index, last))
+        except Exception as exc:  # handed to the writer, which reports it like a worker's
+            self.failed.set()  # read no further: a tampered chunk ends the stream here
+            done.set_exception(exc)
+        return done
+
     # -- the calling thread -------------------------------------------------------------------
 
     def run(self) -> int:
@@ -339,7 +369,11 @@ class _Pipeline:
     def _threaded(
         self, slot: _Slot, batch: memoryview, lookahead: _Slot, following: memoryview
     ) -> None:
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="kmsenvelope-chunks")
+        pool = (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="kmsenvelope-chunks")
+            if self.workers > 0
+            else None
+        )
         writer = threading.Thread(target=self._write_loop, name="kmsenvelope-writer", daemon=True)
         writer.start()
         nxt: _Slot | None = lookahead
@@ -347,7 +381,7 @@ class _Pipeline:
             index = 0
             while True:
                 last = not following
-                self.pending.put((pool.submit(self._job, batch, slot, index, last), slot))
+                self.pending.put((self._submit(pool, batch, slot, index, last), slot))
                 if last or self.failed.is_set():
                     if nxt is not None:
                         self.free.put(nxt)
@@ -365,7 +399,8 @@ class _Pipeline:
         finally:
             self.pending.put(None)
             writer.join()
-            pool.shutdown(wait=True)
+            if pool is not None:
+                pool.shutdown(wait=True)
             while True:
                 try:
                     self._report(self.free.get_nowait())

@@ -66,8 +66,9 @@ class Recorder(io.RawIOBase):
         return b"".join(self.parts)
 
 
-@pytest.fixture(params=[1, 2, 3])
+@pytest.fixture(params=[0, 1, 2, 3])
 def workers(request: pytest.FixtureRequest) -> int:
+    """0: the calling thread encrypts between reads; 1..3: worker threads."""
     return int(request.param)
 
 
@@ -131,6 +132,19 @@ def test_tampering_writes_only_authenticated_batches(where: str, workers: int) -
         written = out.value()
         assert data.startswith(written)  # a prefix of the true plaintext, nothing else
         assert len(written) <= index * chunk  # nothing from the tampered chunk or after it
+
+
+def test_tampering_stops_reading_soon(workers: int) -> None:
+    """A bad first chunk ends the stream within a few batches, not at the end of the input."""
+    chunk = 4096
+    data = os.urandom(400 * chunk)  # 25 batches of 64 KiB
+    sealed = bytearray(serial_reference(data, chunk))
+    sealed[5] ^= 1
+    source = Trickle(bytes(sealed))
+    with pytest.raises(AuthenticationError):
+        decrypt_payload(source, Recorder(), KEY, chunk, workers=workers)
+    batch = stream.BATCH_BYTES // chunk * (chunk + TAG_SIZE)
+    assert source.pos <= (stream.SLOTS + 2) * batch < len(sealed) // 3
 
 
 @pytest.mark.parametrize(
