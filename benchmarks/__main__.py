@@ -45,6 +45,7 @@ FILE_SUBJECTS = ["copy", "bare", "kmsenvelope", "tink-streaming", "esdk"]
 MEMORY_SUBJECTS = ["bare", "kmsenvelope", "tink-streaming", "esdk"]
 MESSAGE_SUBJECTS = [
     "bare-envelope",
+    "format-floor",
     "kmsenvelope",
     "kmsenvelope-local",
     "kmsenvelope-cache",

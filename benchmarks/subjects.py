@@ -13,6 +13,7 @@ on and the report says why it was skipped.
 from __future__ import annotations
 
 import atexit
+import hmac
 import io
 import os
 import shutil
@@ -145,6 +146,63 @@ class BareEnvelope(Subject):
     def open(self, blob: bytes) -> bytes:
         dek = self.kek.decrypt(blob[:12], blob[12:60], None)
         return AESGCM(dek).decrypt(blob[60:72], blob[72:], None)
+
+
+class FormatFloor(Subject):
+    """The v1 format's per-message work and nothing else: a floor for pure Python.
+
+    Real v1 envelopes (the engine decrypts them and they decrypt the engine's), but with the
+    header layout fixed in advance for one ``memory:`` recipient and the empty context: no
+    parsing, no limits, no provider dispatch, no checks beyond the cryptography itself. What
+    is left is the format's own cost in CPython: randomness, the KEK's AES-GCM wrap or unwrap,
+    HKDF-SHA256, the header HMAC and the payload AES-GCM.
+    """
+
+    name = "v1 format floor"
+    note = "the format's cryptography only, fixed header layout, no parsing or checks"
+
+    def __init__(self) -> None:
+        from kmsenvelope.header import derive_keys, encode_context, parse_header
+        from kmsenvelope.kdf import hmac_sha256
+        from kmsenvelope.stream import SINGLE_FINAL_NONCE
+
+        engine = KmsEnvelope()
+        self.engine = engine
+        template = engine.seal(b"")
+        header, size = parse_header(template)
+        wrapped = header.recipients[0].ciphertext
+        self.wpos = template.index(wrapped)
+        self.mac_at = size - 32
+        self.template = template[: self.mac_at]
+        self.kek = AESGCM(bytes(range(32)))
+        self.aad = engine.kek.key_id.encode() + b"\x00" + encode_context({})  # as InMemoryKEK
+        self.derive, self.mac = derive_keys, hmac_sha256
+        self.last = SINGLE_FINAL_NONCE
+        probe = os.urandom(1024)
+        assert engine.open(self.seal(probe)) == probe
+        assert self.open(engine.seal(probe)) == probe
+
+    def seal(self, message: bytes) -> bytes:
+        t, w = self.template, self.wpos
+        secret = os.urandom(60)
+        dek, nonce, wrap_nonce = secret[:32], secret[32:48], secret[48:]
+        body = (
+            t[:15] + nonce + t[31:w] + wrap_nonce
+            + self.kek.encrypt(wrap_nonce, dek, self.aad) + t[w + 60 :]
+        )  # fmt: skip
+        payload_key, mac_key = self.derive(dek, nonce)
+        return (
+            body + self.mac(mac_key, body)
+            + AESGCM(payload_key).encrypt(self.last, message, None)
+        )  # fmt: skip
+
+    def open(self, blob: bytes) -> bytes:
+        w, m = self.wpos, self.mac_at
+        dek = self.kek.decrypt(blob[w : w + 12], blob[w + 12 : w + 60], self.aad)
+        payload_key, mac_key = self.derive(dek, blob[15:31])
+        if not hmac.compare_digest(self.mac(mac_key, blob[:m]), blob[m : m + 32]):
+            raise ValueError("header MAC")
+        return AESGCM(payload_key).decrypt(self.last, blob[m + 32 :], None)
 
 
 # -- kmsenvelope -----------------------------------------------------------------------------------
@@ -380,6 +438,7 @@ SUBJECTS: dict[str, type[Subject]] = {
     "copy": Copy,
     "bare": BareLoop,
     "bare-envelope": BareEnvelope,
+    "format-floor": FormatFloor,
     "kmsenvelope": KmsEnvelope,
     "kmsenvelope-local": KmsEnvelopeLocalHsm,
     "kmsenvelope-cache": KmsEnvelopeCached,
