@@ -6,6 +6,7 @@ File lookup (first found wins): an explicit path, ``./kmsenvelope.toml``,
 ::
 
     recipients = ["local:payments"]        # default recipients for encrypt
+    allowed_keys = ["local:*"]             # the only keys decrypt may ask a provider for
     profile = "prod"                       # default profile (or KMSENVELOPE_PROFILE)
     [context]                              # default encryption context
     app = "billing"
@@ -16,7 +17,8 @@ File lookup (first found wins): an explicit path, ``./kmsenvelope.toml``,
     [profiles.prod.providers.aws-kms]
     region = "eu-west-1"
 
-Environment: ``KMSENVELOPE_PROFILE``, ``KMSENVELOPE_RECIPIENTS`` (comma-separated),
+Environment: ``KMSENVELOPE_PROFILE``, ``KMSENVELOPE_RECIPIENTS`` and
+``KMSENVELOPE_ALLOWED_KEYS`` (comma-separated),
 ``KMSENVELOPE_KEYSTORE`` (= ``providers.local.keystore``) and
 ``KMSENVELOPE_PROVIDERS__<SCHEME>__<KEY>`` for any provider setting (scheme upper-cased with
 ``-`` written as ``_``), e.g. ``KMSENVELOPE_PROVIDERS__AWS_KMS__REGION=eu-west-1``.
@@ -40,10 +42,11 @@ __all__ = ["Config", "find_config_file", "load_config"]
 CONFIG_ENV = "KMSENVELOPE_CONFIG"
 PROFILE_ENV = "KMSENVELOPE_PROFILE"
 RECIPIENTS_ENV = "KMSENVELOPE_RECIPIENTS"
+ALLOWED_KEYS_ENV = "KMSENVELOPE_ALLOWED_KEYS"
 KEYSTORE_ENV = "KMSENVELOPE_KEYSTORE"
 PROVIDER_ENV_PREFIX = "KMSENVELOPE_PROVIDERS__"
-_TOP_KEYS = {"recipients", "profile", "context", "providers", "profiles"}
-_PROFILE_KEYS = {"recipients", "context", "providers"}
+_TOP_KEYS = {"recipients", "allowed_keys", "profile", "context", "providers", "profiles"}
+_PROFILE_KEYS = {"recipients", "allowed_keys", "context", "providers"}
 # Setting names whose values are secrets (``token`` alone is a PKCS#11 token label: not secret).
 _SECRET = re.compile(
     r"(?:^|[_-])(pin|pass(?:word|phrase)?|secret|private[_-]?key|(?:session|access|sas|"
@@ -85,6 +88,8 @@ class Config:
     recipients: tuple[str, ...] = ()
     context: Mapping[str, str] = field(default_factory=dict)
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Key-URI patterns (``*``, ``?``) that decryption may open through a provider; None: any.
+    allowed_keys: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
         """Secrets redacted, like ``config show`` (a repr ends up in tracebacks and logs)."""
@@ -100,6 +105,7 @@ class Config:
             "file": str(self.path) if self.path else None,
             "profile": self.profile,
             "recipients": list(self.recipients),
+            "allowed_keys": None if self.allowed_keys is None else list(self.allowed_keys),
             "context": dict(self.context),
             "providers": {s: _redact(dict(v)) for s, v in self.providers.items()},
         }
@@ -154,6 +160,12 @@ class _Checker:
                 raise self.fail(table, "recipients", f"{uri!r} is not a key URI (SCHEME:KEY)")
         return tuple(value)
 
+    def allowed_keys(self, table: str, value: Any) -> tuple[str, ...]:
+        problem = _allowed_keys_problem(value)
+        if problem:
+            raise self.fail(table, "allowed_keys", problem)
+        return tuple(value)
+
     def context(self, table: str, value: Any) -> dict[str, str]:
         if not isinstance(value, dict) or not all(
             isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()
@@ -200,6 +212,7 @@ def load_config(
     check = _Checker(file, text)
     check.unknown("", set(data), _TOP_KEYS)
     recipients = check.recipients("", data["recipients"]) if "recipients" in data else ()
+    allowed = check.allowed_keys("", data["allowed_keys"]) if "allowed_keys" in data else None
     context = check.context("", data["context"]) if "context" in data else {}
     providers = check.providers("", data["providers"]) if "providers" in data else {}
 
@@ -221,6 +234,8 @@ def load_config(
         check.unknown(table, set(prof), _PROFILE_KEYS)
         if "recipients" in prof:
             recipients = check.recipients(table, prof["recipients"])
+        if "allowed_keys" in prof:
+            allowed = check.allowed_keys(table, prof["allowed_keys"])
         if "context" in prof:
             context = {**context, **check.context(table, prof["context"])}
         for scheme, settings in check.providers(table, prof.get("providers", {})).items():
@@ -228,6 +243,12 @@ def load_config(
 
     if env.get(RECIPIENTS_ENV):
         recipients = tuple(r.strip() for r in env[RECIPIENTS_ENV].split(",") if r.strip())
+    if env.get(ALLOWED_KEYS_ENV):
+        patterns = [p.strip() for p in env[ALLOWED_KEYS_ENV].split(",") if p.strip()]
+        problem = _allowed_keys_problem(patterns)
+        if problem:
+            raise ConfigError(f"environment variable {ALLOWED_KEYS_ENV}: {problem}")
+        allowed = tuple(patterns)
     if env.get(KEYSTORE_ENV):
         providers.setdefault("local", {})["keystore"] = env[KEYSTORE_ENV]
     for name, value in env.items():
@@ -245,4 +266,21 @@ def load_config(
         recipients=recipients,
         context=MappingProxyType(context),
         providers=MappingProxyType({k: MappingProxyType(v) for k, v in providers.items()}),
+        allowed_keys=allowed,
     )
+
+
+def _allowed_keys_problem(value: Any) -> str | None:
+    """Why ``value`` is not a usable ``allowed_keys`` list, or None if it is."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        return 'must be a list of key-URI patterns (strings), e.g. ["local:*"]'
+    if not value:
+        return "is empty: list at least one key-URI pattern, or leave allowed_keys out"
+    for pattern in value:
+        scheme, sep, rest = pattern.partition(":")
+        if not sep or not rest or not re.fullmatch(r"[a-z][a-z0-9+.\-]*", scheme):
+            return (
+                f"{pattern!r} is not a key-URI pattern: it must start with a provider scheme "
+                "and a colon, e.g. 'aws-kms:arn:aws:kms:eu-west-1:111122223333:key/*'"
+            )
+    return None

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, BinaryIO
 
 from .armor import ArmorWriter, from_compact, open_envelope_stream, to_compact
@@ -99,7 +100,11 @@ class Engine:
     """Encrypts and decrypts envelopes using a provider registry and a configuration.
 
     ``keys`` are KEK objects tried before the registry when decrypting (useful for KEKs that
-    exist only in code). An ``Engine`` is thread-safe; opened KEKs are cached per URI.
+    exist only in code). ``allowed_keys`` (default: the config's ``allowed_keys``) limits the
+    key URIs that decryption, re-wrapping and rotation may open through a provider: an
+    envelope from an untrusted source then cannot make this process call a KMS, HSM or host
+    that its author chose. Patterns use ``*`` and ``?`` (``fnmatch``, case-sensitive); None
+    allows any key. An ``Engine`` is thread-safe; opened KEKs are cached per URI.
     """
 
     def __init__(
@@ -110,7 +115,11 @@ class Engine:
         keys: Sequence[KeyEncryptionKey] = (),
         limits: Limits = DEFAULT_LIMITS,
         cache: DataKeyCache | None = None,
+        allowed_keys: Sequence[str] | None = None,
     ) -> None:
+        if isinstance(allowed_keys, str):
+            raise TypeError("allowed_keys must be a list of key-URI patterns, not one string")
+        self._allowed = None if allowed_keys is None else tuple(allowed_keys)
         self._registry = registry
         self._config = config
         self._keys = tuple(keys)
@@ -132,6 +141,16 @@ class Engine:
         if self._config is None:
             self._config = load_config()
         return self._config
+
+    @property
+    def allowed_keys(self) -> tuple[str, ...] | None:
+        """The key-URI patterns decryption may open through a provider (None: any)."""
+        return self._allowed if self._allowed is not None else self.config.allowed_keys
+
+    def key_allowed(self, uri: str) -> bool:
+        """Whether ``uri`` may be opened through a provider to unwrap (see ``allowed_keys``)."""
+        patterns = self.allowed_keys
+        return patterns is None or any(fnmatchcase(uri, p) for p in patterns)
 
     # -- recipients -------------------------------------------------------------------------
 
@@ -225,6 +244,12 @@ class Engine:
         yield from candidates
         if any(k.key_id == recipient.key_id for k in candidates):
             return  # the exact key was supplied; another instance of it would fail the same way
+        if not self.key_allowed(recipient.key_id):
+            reasons.append(
+                f"{recipient.key_id}: not in allowed_keys, so it was not contacted "
+                f"(allowed: {', '.join(self.allowed_keys or ())})"
+            )
+            return
         try:
             kek = self.open_key(recipient.key_id)
         except Exception as exc:  # unknown scheme, bad settings, plugin bug

@@ -118,6 +118,8 @@ def rewrap_header(
     rotated: list[str] = []
     if plan.rotate:
         for index, r in enumerate(kept):
+            if not engine.key_allowed(r.key_id):
+                continue  # never contacted: left at its version
             kek = engine.open_key(r.key_id)
             if not isinstance(kek, RotatableKey):
                 continue

@@ -132,8 +132,9 @@ class GuardedEngine(Engine):
         registry: ProviderRegistry | None = None,
         config: Config | None = None,
         keys: Sequence[KeyEncryptionKey] = (),
+        allowed_keys: Sequence[str] | None = None,
     ) -> None:
-        super().__init__(registry=registry, config=config, keys=keys)
+        super().__init__(registry=registry, config=config, keys=keys, allowed_keys=allowed_keys)
         self.policy = policy
         self._guarded: dict[str, KeyEncryptionKey] = {}
         self._guard_lock = threading.Lock()
