@@ -15,6 +15,7 @@ from aws_testing import CONTEXT, OAEP_SHA256, FakeRsaKey
 import kmsenvelope
 from kmsenvelope import (
     AccessDeniedError,
+    ConfigError,
     KeyDestroyedError,
     KeyDisabledError,
     ProviderUnavailableError,
@@ -158,3 +159,70 @@ def test_rsa_envelope_round_trip_over_http(fault_kms, rsa_3072, registry, proxie
     fault_kms.fail("Decrypt", "DisabledException", f"{fake.arn} is disabled.")
     with pytest.raises(KeyDisabledError):
         AwsKmsKey(fake.uri, proxied).unwrap(recipient, CONTEXT)
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rsa_key_disabled_later_stops_wrapping_after_the_ttl(fault_kms, rsa_3072, proxied):
+    fake = FakeRsaKey(rsa_3072)
+    fault_kms.answer(fake)
+    clock = Clock()
+    kek = AwsKmsKey(fake.uri, {**proxied, "key_cache_ttl": "30"}, clock=clock)
+    kek.wrap(DEK, CONTEXT)
+    assert fault_kms.count("DescribeKey") == 1
+    fake.state = "Disabled"
+    clock.now += 29.0  # within the TTL: the local wrap trusts the state it saw
+    wrapped = kek.wrap(DEK, CONTEXT)
+    assert rsa_3072.decrypt(wrapped.ciphertext, OAEP_SHA256) == DEK
+    assert fault_kms.count("DescribeKey") == 1
+    clock.now += 1.0  # the TTL has passed: the state is looked up, and the wrap refused
+    with pytest.raises(KeyDisabledError, match="KeyState=Disabled"):
+        kek.wrap(DEK, CONTEXT)
+    assert fault_kms.count("DescribeKey") == 2
+    fake.state = "PendingDeletion"
+    with pytest.raises(KeyDestroyedError, match="scheduled for deletion"):
+        kek.wrap(DEK, CONTEXT)  # still refused on every try, never wrapped from a stale state
+    fake.state = "Enabled"
+    assert rsa_3072.decrypt(kek.wrap(DEK, CONTEXT).ciphertext, OAEP_SHA256) == DEK
+    assert fault_kms.count("GetPublicKey") == 1  # the public key itself is fetched once
+
+
+def test_rsa_key_cache_ttl_zero_checks_before_every_wrap(fault_kms, rsa_3072, proxied):
+    fake = FakeRsaKey(rsa_3072)
+    fault_kms.answer(fake)
+    kek = AwsKmsKey(fake.uri, {**proxied, "key_cache_ttl": 0})
+    for _ in range(3):
+        kek.wrap(DEK, CONTEXT)
+    assert fault_kms.count("DescribeKey") == 4  # the first resolution, then one per wrap
+    fake.state = "Disabled"
+    with pytest.raises(KeyDisabledError):
+        kek.wrap(DEK, CONTEXT)
+
+
+def test_symmetric_keys_are_not_described_again(make_key, fault_kms, proxied):
+    """Every symmetric wrap is a KMS Encrypt, which checks the state itself."""
+    meta = make_key()
+    clock = Clock()
+    kek = AwsKmsKey(f"aws-kms:{meta['Arn']}", {**proxied, "key_cache_ttl": 0}, clock=clock)
+    for _ in range(3):
+        clock.now += 100
+        kek.wrap(DEK, CONTEXT)
+    assert fault_kms.count("DescribeKey") == 1
+    assert fault_kms.count("Encrypt") == 3
+
+
+@pytest.mark.parametrize("value", [-1, "soon", float("nan"), 86401, True])
+def test_bad_key_cache_ttl_is_a_config_error(value, proxied):
+    with pytest.raises(ConfigError, match=r"\[providers.aws-kms\] key_cache_ttl"):
+        AwsKmsKey(
+            "aws-kms:arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            {**proxied, "key_cache_ttl": value},
+        )

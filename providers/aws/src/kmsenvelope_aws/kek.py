@@ -5,6 +5,9 @@
 * ``RSA_3072`` / ``RSA_4096`` ``ENCRYPT_DECRYPT`` keys wrap locally with RSAES-OAEP-SHA-256
   under the public key (fetched once with ``GetPublicKey``) and unwrap with KMS ``Decrypt``.
   RSA-OAEP has no associated data: the envelope's header MAC binds the context instead.
+  A local wrap never reaches KMS, so the key's state is looked up again (``DescribeKey``)
+  once ``key_cache_ttl`` seconds (default 30) have passed: a key disabled or scheduled for
+  deletion stops wrapping within that time.
 
 Whatever URI the key was opened with (id, alias, ARN), ``DescribeKey`` resolves it once per
 instance, and every ``WrappedKey`` records ``aws-kms:<key ARN>`` -- never an alias, which
@@ -14,6 +17,7 @@ could later point at another key.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
@@ -100,8 +104,10 @@ class AwsKmsKey:
         *,
         client: KMSClient | None = None,
         clients: ClientCache | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ref: KeyRef = parse_key_uri(uri)
+        self._clock = clock
         self._settings = ProviderSettings.from_mapping(settings or {})
         self._retry = RetryPolicy.for_settings(self._settings)
         if client is None:
@@ -126,6 +132,7 @@ class AwsKmsKey:
         self._client: KMSClient = client
         self._lock = threading.Lock()
         self._resolved: _ResolvedKey | None = None
+        self._resolved_at = 0.0
         self._public_key: rsa.RSAPublicKey | None = None
 
     # -- identity ----------------------------------------------------------------------------
@@ -163,14 +170,19 @@ class AwsKmsKey:
         """The key ARN this URI names (one ``DescribeKey`` per instance, then remembered)."""
         return self._key().arn
 
-    def _key(self) -> _ResolvedKey:
+    def _key(self, max_age: float | None = None) -> _ResolvedKey:
+        """The resolved key; described again if ``max_age`` seconds have passed since."""
         resolved = self._resolved
-        if resolved is not None:
+        if resolved is not None and (max_age is None or self._age() < max_age):
             return resolved
         with self._lock:
-            if self._resolved is None:
-                self._resolved = self._describe()
+            if self._resolved is None or (max_age is not None and self._age() >= max_age):
+                self._resolved = self._describe()  # raises if the key is no longer usable
+                self._resolved_at = self._clock()
             return self._resolved
+
+    def _age(self) -> float:
+        return self._clock() - self._resolved_at
 
     def _describe(self) -> _ResolvedKey:
         uri = self._ref.uri
@@ -249,6 +261,7 @@ class AwsKmsKey:
         """Wrap ``dek``: KMS Encrypt with ``context``, or RSA-OAEP locally for RSA keys."""
         key = self._key()
         if key.algorithm == RSA_OAEP_SHA_256:
+            key = self._key(max_age=self._settings.key_cache_ttl)  # KMS sees no local wrap
             ciphertext = self._rsa_public_key(key).encrypt(bytes(dek), _OAEP)
         else:
             request: EncryptRequestTypeDef = {

@@ -13,6 +13,7 @@ shared config and credentials files, ``AWS_ENDPOINT_URL_KMS``, instance/role cre
     backoff_base = 0.1            # seconds; retry n sleeps uniform(0, min(max, base * 2**n))
     backoff_max = 5.0             # seconds
     allow_http = false            # plain-HTTP endpoints other than loopback (emulators only)
+    key_cache_ttl = 30.0          # seconds an RSA key's state is trusted for local wraps
 
 Values may also be strings (``KMSENVELOPE_PROVIDERS__AWS_KMS__MAX_ATTEMPTS=3``).
 """
@@ -90,6 +91,9 @@ class ProviderSettings:
     backoff_base: float = 0.1
     backoff_max: float = 5.0
     allow_http: bool = False
+    # RSA keys wrap locally with the public key; their KeyState (DescribeKey) is checked again
+    # when this many seconds have passed, so a disabled key stops wrapping within that time.
+    key_cache_ttl: float = 30.0
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> ProviderSettings:
@@ -135,4 +139,11 @@ class ProviderSettings:
             backoff_base=base,
             backoff_max=cap,
             allow_http=_bool("allow_http", get("allow_http", defaults.allow_http)),
+            key_cache_ttl=_float(
+                "key_cache_ttl",
+                get("key_cache_ttl", defaults.key_cache_ttl),
+                0.0,
+                86400.0,
+                allow_low=True,
+            ),
         )
