@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from .errors import MalformedEnvelopeError
 from .kdf import hkdf_sha256_two_blocks, hmac_sha256
-from .kek import WrappedKey, scheme_of
+from .kek import NO_PARAMS, WrappedKey, scheme_of
 
 __all__ = [
     "COMPACT_PREFIX",
@@ -41,6 +41,7 @@ _KDF_INFO = b"kmsenvelope/v1 keys"
 _PREFIX = struct.Struct(">7sI")  # magic, header body length
 _U16 = struct.Struct(">H")
 _EMPTY_CONTEXT = b"\x00\x00"
+_NO_CONTEXT: Mapping[str, str] = MappingProxyType({})  # shared: it cannot be changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +62,12 @@ def derive_keys(dek: bytes, nonce: bytes) -> tuple[bytes, bytes]:
     return hkdf_sha256_two_blocks(dek, nonce, _KDF_INFO)
 
 
-def _put_str(out: bytearray, value: str, width: str, what: str) -> None:
+def _string(value: str, width: int, what: str) -> bytes:
+    """``value`` as UTF-8 after its length in ``width`` (1 or 2) big-endian bytes."""
     raw = value.encode("utf-8")
-    limit = 0xFF if width == ">B" else 0xFFFF
-    if len(raw) > limit:
-        raise ValueError(f"{what} is longer than {limit} bytes")
-    out += struct.pack(width, len(raw))
-    out += raw
+    if len(raw) >> (8 * width):
+        raise ValueError(f"{what} is longer than {(1 << (8 * width)) - 1} bytes")
+    return len(raw).to_bytes(width, "big") + raw
 
 
 def encode_context(context: Mapping[str, str]) -> bytes:
@@ -89,7 +89,7 @@ def encode_context(context: Mapping[str, str]) -> bytes:
 def validate_context(context: Mapping[str, str] | None) -> Mapping[str, str]:
     """Check a caller's context (str keys and values, non-empty keys) and freeze it."""
     if context is None:
-        return MappingProxyType({})
+        return _NO_CONTEXT
     if not isinstance(context, Mapping):
         raise TypeError("context must be a mapping of str to str")
     for k, v in context.items():
@@ -97,7 +97,7 @@ def validate_context(context: Mapping[str, str] | None) -> Mapping[str, str]:
             raise TypeError("context keys and values must be str")
         if not k:
             raise ValueError("context keys must not be empty")
-    return MappingProxyType(dict(context))
+    return MappingProxyType(dict(context)) if context else _NO_CONTEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,29 +115,32 @@ class Header:
 
     def body(self) -> bytes:
         """The header body bytes (what the length field counts)."""
-        out = bytearray(struct.pack(">I", self.chunk_size))
-        out += self.nonce
-        out += encode_context(self.context)
-        out += _U16.pack(len(self.recipients))
+        parts = [
+            self.chunk_size.to_bytes(4, "big"),
+            self.nonce,
+            encode_context(self.context),
+            _U16.pack(len(self.recipients)),
+        ]
+        append = parts.append
         for r in self.recipients:
-            _put_str(out, r.provider, ">B", "provider name")
-            _put_str(out, r.key_id, ">H", "key id")
-            _put_str(out, r.algorithm, ">B", "algorithm")
+            append(_string(r.provider, 1, "provider name"))
+            append(_string(r.key_id, 2, "key id"))
+            append(_string(r.algorithm, 1, "algorithm"))
             if r.params:
                 params = sorted(r.params.items())
                 if len(params) > 0xFF:
                     raise ValueError("a recipient may have at most 255 params")
-                out.append(len(params))
+                append(bytes((len(params),)))
                 for k, v in params:
-                    _put_str(out, k, ">B", "param name")
-                    _put_str(out, v, ">H", "param value")
+                    append(_string(k, 1, "param name"))
+                    append(_string(v, 2, "param value"))
             else:
-                out.append(0)
+                append(b"\x00")
             if len(r.ciphertext) > 0xFFFF:
                 raise ValueError("wrapped key is longer than 65535 bytes")
-            out += _U16.pack(len(r.ciphertext))
-            out += r.ciphertext
-        return bytes(out)
+            append(len(r.ciphertext).to_bytes(2, "big"))
+            append(r.ciphertext)
+        return b"".join(parts)
 
     def authenticated_bytes(self) -> bytes:
         """Magic, length and body: exactly the bytes the header MAC covers.
@@ -291,12 +294,19 @@ def _parse_fields(body: bytes, limits: Limits) -> _Fields:
         try:
             if scheme_of(key_id) != provider:
                 raise ValueError("scheme mismatch")
-            recipients.append(WrappedKey(provider, key_id, algorithm, ciphertext, params))
+            recipients.append(
+                WrappedKey(provider, key_id, algorithm, ciphertext, params or NO_PARAMS)
+            )
         except ValueError:
             raise MalformedEnvelopeError("envelope recipient is malformed") from None
     if pos != end:
         raise MalformedEnvelopeError("envelope header has trailing bytes")
-    return chunk_size, nonce, MappingProxyType(context), tuple(recipients)
+    return (
+        chunk_size,
+        nonce,
+        MappingProxyType(context) if context else _NO_CONTEXT,
+        tuple(recipients),
+    )
 
 
 def read_exact(src: BinaryIO, n: int) -> bytes:

@@ -32,11 +32,12 @@ def scheme_of(uri: str) -> str:
     return scheme
 
 
-_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+"""The shared, empty ``WrappedKey.params`` (internal: pass ``{}`` or nothing)."""
 
 
 def _frozen(params: Mapping[str, str]) -> Mapping[str, str]:
-    return MappingProxyType(dict(params)) if params else _NO_PARAMS
+    return MappingProxyType(dict(params)) if params else NO_PARAMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,7 @@ class WrappedKey:
     key_id: str
     algorithm: str
     ciphertext: bytes = field(repr=False)
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=lambda: NO_PARAMS)
 
     def __post_init__(self) -> None:
         if not (
@@ -68,6 +69,8 @@ class WrappedKey:
         if type(self.ciphertext) is not bytes:
             object.__setattr__(self, "ciphertext", bytes(self.ciphertext))
         params = self.params
+        if params is NO_PARAMS:
+            return
         if params:
             for k, v in params.items():
                 if not isinstance(k, str) or not isinstance(v, str):

@@ -29,6 +29,7 @@ class InMemoryKEK:
             raise ValueError("InMemoryKEK needs a 32-byte AES key")
         self._aead = AESGCM(key)
         self._key_id = f"memory:{name}"
+        self._aad_prefix = self._key_id.encode() + b"\x00"
 
     @classmethod
     def generate(cls, name: str = "test") -> InMemoryKEK:
@@ -43,7 +44,7 @@ class InMemoryKEK:
         return f"InMemoryKEK({self._key_id!r})"
 
     def _aad(self, context: Mapping[str, str]) -> bytes:
-        return self._key_id.encode() + b"\x00" + encode_context(context)
+        return self._aad_prefix + encode_context(context)
 
     def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
         nonce = os.urandom(12)
