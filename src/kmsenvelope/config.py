@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -37,7 +37,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Config", "find_config_file", "load_config"]
+__all__ = ["Config", "check_allowed_keys", "find_config_file", "load_config"]
 
 CONFIG_ENV = "KMSENVELOPE_CONFIG"
 PROFILE_ENV = "KMSENVELOPE_PROFILE"
@@ -283,4 +283,21 @@ def _allowed_keys_problem(value: Any) -> str | None:
                 f"{pattern!r} is not a key-URI pattern: it must start with a provider scheme "
                 "and a colon, e.g. 'aws-kms:arn:aws:kms:eu-west-1:111122223333:key/*'"
             )
+        _, sep, after = rest.partition("://")
+        host, slash, _path = after.partition("/")
+        if sep and (not slash or any(c in host for c in "*?[")):
+            return (
+                f"{pattern!r}: spell the host out and end it with '/' (a wildcard in or right "
+                "after a host also matches other hosts, e.g. 'vault.azure.net*' matches "
+                "'vault.azure.net.attacker.example')"
+            )
     return None
+
+
+def check_allowed_keys(patterns: Sequence[str]) -> tuple[str, ...]:
+    """Validate ``allowed_keys`` patterns given in code; ``ConfigError`` says what is wrong."""
+    value = list(patterns)
+    problem = _allowed_keys_problem(value)
+    if problem:
+        raise ConfigError(f"allowed_keys {problem}")
+    return tuple(value)

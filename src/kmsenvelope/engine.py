@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 from .armor import ArmorWriter, from_compact, open_envelope_stream, to_compact
 from .cache import DataKeyCache
-from .config import Config, load_config
+from .config import Config, check_allowed_keys, load_config
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -119,7 +119,7 @@ class Engine:
     ) -> None:
         if isinstance(allowed_keys, str):
             raise TypeError("allowed_keys must be a list of key-URI patterns, not one string")
-        self._allowed = None if allowed_keys is None else tuple(allowed_keys)
+        self._allowed = None if allowed_keys is None else check_allowed_keys(allowed_keys)
         self._registry = registry
         self._config = config
         self._keys = tuple(keys)

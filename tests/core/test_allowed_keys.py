@@ -99,6 +99,10 @@ def test_engine_argument_overrides_the_config(registry: ProviderRegistry) -> Non
     assert Engine(registry=registry, config=config, allowed_keys=["rec:*"]).decrypt(blob) == b"x"
     with pytest.raises(TypeError):
         Engine(registry=registry, config=config, allowed_keys="rec:*")
+    with pytest.raises(ConfigError, match="spell the host out"):
+        Engine(registry=registry, config=config, allowed_keys=["azure-kv:https://v.example*"])
+    with pytest.raises(ConfigError, match="is empty"):
+        Engine(registry=registry, config=config, allowed_keys=[])
 
 
 def test_rotation_does_not_contact_keys_outside_the_list(keystore: Keystore) -> None:
@@ -148,6 +152,9 @@ def test_config_file_profile_and_environment(tmp_path: Path) -> None:
         ('["payments"]', "not a key-URI pattern"),
         ('["*"]', "not a key-URI pattern"),
         ("[1]", "must be a list"),
+        ('["azure-kv:https://billing.vault.azure.net*"]', "spell the host out"),
+        ('["azure-kv:https://*.vault.azure.net/keys/*"]', "spell the host out"),
+        ('["azure-kv:https://billing.vault.azure.net"]', "end it with '/'"),
     ],
 )
 def test_bad_config_values_name_the_key_and_line(tmp_path: Path, value: str, problem: str) -> None:
