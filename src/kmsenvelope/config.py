@@ -91,6 +91,12 @@ class Config:
     # Key-URI patterns (``*``, ``?``) that decryption may open through a provider; None: any.
     allowed_keys: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.allowed_keys is not None:
+            if isinstance(self.allowed_keys, str):
+                raise TypeError("allowed_keys must be a list of key-URI patterns, not one string")
+            object.__setattr__(self, "allowed_keys", check_allowed_keys(self.allowed_keys))
+
     def __repr__(self) -> str:
         """Secrets redacted, like ``config show`` (a repr ends up in tracebacks and logs)."""
         return f"Config({self.redacted()!r})"
@@ -283,15 +289,21 @@ def _allowed_keys_problem(value: Any) -> str | None:
                 f"{pattern!r} is not a key-URI pattern: it must start with a provider scheme "
                 "and a colon, e.g. 'aws-kms:arn:aws:kms:eu-west-1:111122223333:key/*'"
             )
-        _, sep, after = rest.partition("://")
-        host, slash, _path = after.partition("/")
-        if sep and (not slash or any(c in host for c in "*?[")):
+        literal = re.split(r"[*?\[]", rest, maxsplit=1)[0]  # the part before any wildcard
+        if literal != rest and _host_left_open(literal):
             return (
-                f"{pattern!r}: spell the host out and end it with '/' (a wildcard in or right "
-                "after a host also matches other hosts, e.g. 'vault.azure.net*' matches "
-                "'vault.azure.net.attacker.example')"
+                f"{pattern!r}: spell the URL's host out and end it with '/' before any "
+                "wildcard (a wildcard in or right after a host also matches other hosts, e.g. "
+                "'vault.azure.net*' matches 'vault.azure.net.attacker.example')"
             )
     return None
+
+
+def _host_left_open(literal: str) -> bool:
+    """Whether a wildcard right after ``literal`` could still choose a URL's host."""
+    if "://" in literal:
+        return "/" not in literal.split("://", 1)[1]
+    return bool(literal) and any(p.startswith(literal) for p in ("https://", "http://"))
 
 
 def check_allowed_keys(patterns: Sequence[str]) -> tuple[str, ...]:

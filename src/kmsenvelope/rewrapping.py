@@ -127,6 +127,12 @@ def rewrap_header(
             if newest is kek or newest.key_id == r.key_id:
                 continue  # already at the current version: no wrap, no provider call
             w = engine._wrap_one(newest, dek, context)
+            if w.key_id != r.key_id and not engine.key_allowed(w.key_id):
+                raise ConfigError(
+                    f"rotating {r.key_id} would write {w.key_id}, which allowed_keys does not "
+                    "allow (this configuration could not decrypt it): widen allowed_keys, e.g. "
+                    "to every version of the key"
+                )
             if w.key_id != r.key_id:
                 kept[index] = w
                 rotated.append(f"{r.key_id} -> {w.key_id}")

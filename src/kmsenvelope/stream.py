@@ -247,13 +247,16 @@ class _Pipeline:
         self.per_batch = per_batch
         self.in_size, self.out_size = per_batch * in_block, per_batch * out_block
         self.memory = _memory_source(src)
+        if workers is not None and workers < 0:
+            raise ValueError("workers must be 0 (encrypt on the reading thread) or more")
         self.workers = default_workers(self.memory is None) if workers is None else workers
         self.slots: list[_Slot] = []
         self.free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         self.pending: queue.SimpleQueue[tuple[Future[tuple[int, int]], _Slot] | None] = (
             queue.SimpleQueue()
         )
-        self.failed = threading.Event()
+        self.failed = threading.Event()  # set by the writer (or on error): write no more
+        self.stop = threading.Event()  # an inline batch failed: read no more
         self.errors: list[BaseException] = []
         self.total = 0
         self.offset = 0  # input bytes read so far
@@ -333,7 +336,7 @@ class _Pipeline:
         try:
             done.set_result(self._job(batch, slot, index, last))
         except Exception as exc:  # handed to the writer, which reports it like a worker's
-            self.failed.set()  # read no further: a tampered chunk ends the stream here
+            self.stop.set()  # read no further; the writer still writes the batches before
             done.set_exception(exc)
         return done
 
@@ -382,7 +385,7 @@ class _Pipeline:
             while True:
                 last = not following
                 self.pending.put((self._submit(pool, batch, slot, index, last), slot))
-                if last or self.failed.is_set():
+                if last or self.failed.is_set() or self.stop.is_set():
                     if nxt is not None:
                         self.free.put(nxt)
                     break

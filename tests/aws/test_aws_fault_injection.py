@@ -226,3 +226,27 @@ def test_bad_key_cache_ttl_is_a_config_error(value, proxied):
             "aws-kms:arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
             {**proxied, "key_cache_ttl": value},
         )
+
+
+def test_rsa_state_check_never_follows_a_repointed_alias(fault_kms, rsa_3072, proxied):
+    """The TTL re-check describes the ARN resolved first: re-pointing the alias later does not
+    change what this key object wraps with (or records), so its envelopes always decrypt."""
+    first, second = FakeRsaKey(rsa_3072), FakeRsaKey(rsa_3072)
+    target = {"key": first}
+
+    def alias(operation, body):
+        if body.get("KeyId") == "alias/rsa-writer" and operation == "DescribeKey":
+            return 200, {"KeyMetadata": target["key"].metadata()}
+        return first(operation, body) or second(operation, body)
+
+    fault_kms.answer(alias)
+    clock = Clock()
+    kek = AwsKmsKey("aws-kms:alias/rsa-writer", {**proxied, "key_cache_ttl": 30}, clock=clock)
+    assert kek.wrap(DEK, CONTEXT).key_id == first.uri
+    target["key"] = second
+    clock.now += 60
+    again = kek.wrap(DEK, CONTEXT)
+    assert again.key_id == first.uri
+    assert rsa_3072.decrypt(again.ciphertext, OAEP_SHA256) == DEK
+    described = [body["KeyId"] for op, body in fault_kms.requests if op == "DescribeKey"]
+    assert described == ["alias/rsa-writer", first.arn]

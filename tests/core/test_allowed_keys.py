@@ -99,7 +99,7 @@ def test_engine_argument_overrides_the_config(registry: ProviderRegistry) -> Non
     assert Engine(registry=registry, config=config, allowed_keys=["rec:*"]).decrypt(blob) == b"x"
     with pytest.raises(TypeError):
         Engine(registry=registry, config=config, allowed_keys="rec:*")
-    with pytest.raises(ConfigError, match="spell the host out"):
+    with pytest.raises(ConfigError, match="spell the URL's host out"):
         Engine(registry=registry, config=config, allowed_keys=["azure-kv:https://v.example*"])
     with pytest.raises(ConfigError, match="is empty"):
         Engine(registry=registry, config=config, allowed_keys=[])
@@ -117,6 +117,16 @@ def test_rotation_does_not_contact_keys_outside_the_list(keystore: Keystore) -> 
     ids = [r.key_id for r in kmsenvelope.inspect(new).recipients]
     assert ids == ["local:inside/2", "local:outside/1"]
     assert engine.decrypt(new) == b"rotate me"
+
+
+def test_rotation_refuses_a_new_version_the_list_would_refuse(keystore: Keystore) -> None:
+    keystore.create_key("pinned")
+    blob = kmsenvelope.encrypt(b"pinned", ["local:pinned"])
+    keystore.rotate("pinned")
+    engine = Engine(config=load_config(), allowed_keys=["local:pinned/1"])
+    with pytest.raises(ConfigError, match=r"local:pinned/2, which allowed_keys does not allow"):
+        rewrap_bytes(engine, blob, RewrapPlan(rotate=True))
+    assert engine.decrypt(blob) == b"pinned"  # the old envelope still opens
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -152,9 +162,12 @@ def test_config_file_profile_and_environment(tmp_path: Path) -> None:
         ('["payments"]', "not a key-URI pattern"),
         ('["*"]', "not a key-URI pattern"),
         ("[1]", "must be a list"),
-        ('["azure-kv:https://billing.vault.azure.net*"]', "spell the host out"),
-        ('["azure-kv:https://*.vault.azure.net/keys/*"]', "spell the host out"),
-        ('["azure-kv:https://billing.vault.azure.net"]', "end it with '/'"),
+        ('["azure-kv:https://billing.vault.azure.net*"]', "spell the URL's host out"),
+        ('["azure-kv:https://*.vault.azure.net/keys/*"]', "spell the URL's host out"),
+        ('["azure-kv:https://billing.vault.azure.net?keys/*"]', "spell the URL's host out"),
+        ('["azure-kv:https*"]', "spell the URL's host out"),
+        ('["azure-kv:https:/*"]', "spell the URL's host out"),
+        ('["azure-kv:h?tps://billing.vault.azure.net/keys/*"]', "spell the URL's host out"),
     ],
 )
 def test_bad_config_values_name_the_key_and_line(tmp_path: Path, value: str, problem: str) -> None:
@@ -165,6 +178,29 @@ def test_bad_config_values_name_the_key_and_line(tmp_path: Path, value: str, pro
     assert f"{path}:2" in message
     assert "allowed_keys" in message
     assert problem in message
+
+
+def test_patterns_set_on_config_in_code_are_checked_too() -> None:
+    with pytest.raises(TypeError, match="not one string"):
+        Config(allowed_keys="local:*")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="spell the URL's host out"):
+        Config(allowed_keys=("azure-kv:https://v.example*",))
+    assert Config(allowed_keys=["local:a/*"]).allowed_keys == ("local:a/*",)  # type: ignore[arg-type]
+
+
+def test_host_spelled_out_or_any_key_of_a_provider_is_accepted() -> None:
+    exact = "azure-kv:https://billing.vault.azure.net/keys/invoices/0123abcd"
+    patterns = (
+        "azure-kv:https://billing.vault.azure.net/keys/*",
+        "azure-kv:https://billing.vault.azure.net:8443/keys/?nvoices/*",
+        exact,
+        "azure-kv:*",  # every key of the provider, on any host: explicit, so allowed
+        "aws-kms:arn:aws:kms:eu-west-1:111122223333:key/*",
+    )
+    engine = Engine(registry=ProviderRegistry(), config=Config(), allowed_keys=patterns[:3])
+    assert engine.key_allowed(exact)
+    assert not engine.key_allowed("azure-kv:https://billing.vault.azure.net.evil.example/keys/x")
+    assert Config(allowed_keys=patterns).allowed_keys == patterns
 
 
 def test_bad_environment_value_names_the_variable() -> None:

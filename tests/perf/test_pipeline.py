@@ -134,6 +134,26 @@ def test_tampering_writes_only_authenticated_batches(where: str, workers: int) -
         assert len(written) <= index * chunk  # nothing from the tampered chunk or after it
 
 
+def test_batches_before_a_tampered_one_are_all_written(workers: int) -> None:
+    """Whatever the threading, the output ends exactly at the last whole good batch."""
+    chunk = 4096
+    per_batch = stream.BATCH_BYTES // chunk
+    data = os.urandom(5 * per_batch * chunk)
+    sealed = bytearray(serial_reference(data, chunk))
+    bad = 3 * per_batch + 2  # a chunk inside the fourth batch
+    sealed[bad * (chunk + TAG_SIZE) + 9] ^= 1
+    for _ in range(5):
+        out = Recorder()
+        with pytest.raises(AuthenticationError):
+            decrypt_payload(Trickle(bytes(sealed)), out, KEY, chunk, workers=workers)
+        assert out.value() == data[: 3 * per_batch * chunk]
+
+
+def test_negative_workers_rejected() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        encrypt_payload(Trickle(os.urandom(1 << 20)), io.BytesIO(), KEY, 4096, workers=-1)
+
+
 def test_tampering_stops_reading_soon(workers: int) -> None:
     """A bad first chunk ends the stream within a few batches, not at the end of the input."""
     chunk = 4096

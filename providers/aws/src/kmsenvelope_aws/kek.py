@@ -176,19 +176,29 @@ class AwsKmsKey:
         if resolved is not None and (max_age is None or self._age() < max_age):
             return resolved
         with self._lock:
-            if self._resolved is None or (max_age is not None and self._age() >= max_age):
-                self._resolved = self._describe()  # raises if the key is no longer usable
+            if self._resolved is None:
+                self._resolved = self._describe()
+                self._resolved_at = self._clock()
+            elif max_age is not None and self._age() >= max_age:
+                # A state check of the key resolved first, by its ARN: an alias re-pointed
+                # since then must not change what this key object wraps with.
+                again = self._describe(self._resolved.arn)  # raises if no longer usable
+                if again != self._resolved:
+                    raise ProviderError(
+                        f"{self._ref.uri}: KMS key {self._resolved.arn} changed to {again.arn} "
+                        f"({again.algorithm}) since it was resolved"
+                    )
                 self._resolved_at = self._clock()
             return self._resolved
 
     def _age(self) -> float:
         return self._clock() - self._resolved_at
 
-    def _describe(self) -> _ResolvedKey:
+    def _describe(self, kms_key_id: str | None = None) -> _ResolvedKey:
+        """DescribeKey for this URI's key (or ``kms_key_id``): its ARN, algorithm, state."""
         uri = self._ref.uri
-        response = self._call(
-            "DescribeKey", lambda: self._client.describe_key(KeyId=self._ref.kms_key_id)
-        )
+        target = kms_key_id or self._ref.kms_key_id
+        response = self._call("DescribeKey", lambda: self._client.describe_key(KeyId=target))
         meta = response.get("KeyMetadata", {})
         arn = meta.get("Arn")
         if not isinstance(arn, str):
@@ -199,7 +209,7 @@ class AwsKmsKey:
             raise ProviderError(f"{uri}: KMS DescribeKey returned {arn!r}, not a key ARN") from None
         if recorded.kind is not KeyRefKind.KEY_ARN:
             raise ProviderError(f"{uri}: KMS DescribeKey returned {arn!r}, not a key ARN")
-        if self._ref.is_key_arn and arn != self._ref.kms_key_id:
+        if (self._ref.is_key_arn or kms_key_id) and arn != target:
             raise ProviderError(f"{uri}: KMS DescribeKey returned another key, {arn}")
         if recorded.region != self.region:
             raise ProviderError(
