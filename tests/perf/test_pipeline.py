@@ -7,6 +7,8 @@ import io
 import os
 import random
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -147,6 +149,31 @@ def test_batches_before_a_tampered_one_are_all_written(workers: int) -> None:
         with pytest.raises(AuthenticationError):
             decrypt_payload(Trickle(bytes(sealed)), out, KEY, chunk, workers=workers)
         assert out.value() == data[: 3 * per_batch * chunk]
+
+
+def test_file_writes_end_on_page_boundaries(tmp_path: Path, workers: int) -> None:
+    """After an odd-sized header, every write but the last ends on an ALIGN boundary of the
+    file, and the bytes are still exactly the serial loop's."""
+
+    class Boundaries(io.FileIO):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path, "w")
+            self.ends: list[int] = []
+
+        def write(self, b: Any) -> int:
+            n = super().write(b)
+            self.ends.append(self.tell())
+            return n or 0
+
+    data = os.urandom(20 * 65536 + 777)
+    for source in (io.BytesIO(data), Trickle(data)):
+        path = tmp_path / "out"
+        with Boundaries(path) as out:
+            out.write(b"h" * 150)
+            encrypt_payload(source, out, KEY, 4096, workers=workers)
+        assert path.read_bytes() == b"h" * 150 + serial_reference(data, 4096)
+        assert len(out.ends) > 10
+        assert all(end % stream.ALIGN == 0 for end in out.ends[1:-1]), out.ends
 
 
 def test_negative_workers_rejected() -> None:
