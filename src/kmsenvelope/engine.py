@@ -33,11 +33,12 @@ from .header import (
     Limits,
     check_chunk_size,
     derive_keys,
-    new_header,
+    encode_new_header,
     parse_header,
     read_header,
     validate_context,
 )
+from .kdf import hmac_sha256
 from .kek import KeyEncryptionKey, WrappedKey, scheme_of
 from .plugins import ProviderRegistry
 from .stream import (
@@ -327,9 +328,9 @@ class Engine:
             )
         else:
             wrapped = tuple(self._wrap_all(keks, dek, ctx))
-        header = new_header(size, nonce, ctx, wrapped)
+        authenticated = encode_new_header(size, nonce, ctx, wrapped)
         payload_key, mac_key = derive_keys(dek, nonce)
-        return header.encode(mac_key), payload_key, size
+        return authenticated + hmac_sha256(mac_key, authenticated), payload_key, size
 
     def encrypt(
         self,

@@ -115,32 +115,7 @@ class Header:
 
     def body(self) -> bytes:
         """The header body bytes (what the length field counts)."""
-        parts = [
-            self.chunk_size.to_bytes(4, "big"),
-            self.nonce,
-            encode_context(self.context),
-            _U16.pack(len(self.recipients)),
-        ]
-        append = parts.append
-        for r in self.recipients:
-            append(_string(r.provider, 1, "provider name"))
-            append(_string(r.key_id, 2, "key id"))
-            append(_string(r.algorithm, 1, "algorithm"))
-            if r.params:
-                params = sorted(r.params.items())
-                if len(params) > 0xFF:
-                    raise ValueError("a recipient may have at most 255 params")
-                append(bytes((len(params),)))
-                for k, v in params:
-                    append(_string(k, 1, "param name"))
-                    append(_string(v, 2, "param value"))
-            else:
-                append(b"\x00")
-            if len(r.ciphertext) > 0xFFFF:
-                raise ValueError("wrapped key is longer than 65535 bytes")
-            append(len(r.ciphertext).to_bytes(2, "big"))
-            append(r.ciphertext)
-        return b"".join(parts)
+        return _encode_body(self.chunk_size, self.nonce, self.context, self.recipients)
 
     def authenticated_bytes(self) -> bytes:
         """Magic, length and body: exactly the bytes the header MAC covers.
@@ -378,13 +353,45 @@ def check_chunk_size(chunk_size: int) -> None:
         )
 
 
-def new_header(
+def _encode_body(
     chunk_size: int,
     nonce: bytes,
     context: Mapping[str, str],
     recipients: Sequence[WrappedKey],
-) -> Header:
-    """Build a header for writing; refuse anything a v1 reader would reject."""
+) -> bytes:
+    """The header body bytes for these fields (section 5.3)."""
+    parts = [
+        chunk_size.to_bytes(4, "big"),
+        nonce,
+        encode_context(context),
+        _U16.pack(len(recipients)),
+    ]
+    append = parts.append
+    for r in recipients:
+        append(_string(r.provider, 1, "provider name"))
+        append(_string(r.key_id, 2, "key id"))
+        append(_string(r.algorithm, 1, "algorithm"))
+        if r.params:
+            params = sorted(r.params.items())
+            if len(params) > 0xFF:
+                raise ValueError("a recipient may have at most 255 params")
+            append(bytes((len(params),)))
+            for k, v in params:
+                append(_string(k, 1, "param name"))
+                append(_string(v, 2, "param value"))
+        else:
+            append(b"\x00")
+        if len(r.ciphertext) > 0xFFFF:
+            raise ValueError("wrapped key is longer than 65535 bytes")
+        append(len(r.ciphertext).to_bytes(2, "big"))
+        append(r.ciphertext)
+    return b"".join(parts)
+
+
+def _check_new(
+    chunk_size: int, context: Mapping[str, str], recipients: Sequence[WrappedKey]
+) -> None:
+    """Refuse fields that a v1 reader would reject (checked before writing)."""
     check_chunk_size(chunk_size)
     if not recipients:
         raise ValueError("an envelope needs at least one recipient")
@@ -403,9 +410,34 @@ def new_header(
             ok = False
         if not ok:
             raise ValueError(f"recipient key id {r.key_id!r} does not use scheme {r.provider!r}")
-    header = Header(chunk_size, nonce, MappingProxyType(dict(context)), tuple(recipients))
-    body = header.body()
+
+
+def _prefixed(body: bytes) -> bytes:
     if len(body) > DEFAULT_LIMITS.max_header_size:
         raise ValueError(f"the header would exceed {DEFAULT_LIMITS.max_header_size} bytes")
-    object.__setattr__(header, "_encoded", _PREFIX.pack(MAGIC, len(body)) + body)
+    return _PREFIX.pack(MAGIC, len(body)) + body
+
+
+def encode_new_header(
+    chunk_size: int,
+    nonce: bytes,
+    context: Mapping[str, str],
+    recipients: Sequence[WrappedKey],
+) -> bytes:
+    """``new_header(...).authenticated_bytes()`` without building a :class:`Header`: the
+    prefix and body that the header MAC covers (one call per encrypted message)."""
+    _check_new(chunk_size, context, recipients)
+    return _prefixed(_encode_body(chunk_size, nonce, context, recipients))
+
+
+def new_header(
+    chunk_size: int,
+    nonce: bytes,
+    context: Mapping[str, str],
+    recipients: Sequence[WrappedKey],
+) -> Header:
+    """Build a header for writing; refuse anything a v1 reader would reject."""
+    _check_new(chunk_size, context, recipients)
+    header = Header(chunk_size, nonce, MappingProxyType(dict(context)), tuple(recipients))
+    object.__setattr__(header, "_encoded", _prefixed(header.body()))
     return header

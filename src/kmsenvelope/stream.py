@@ -202,10 +202,13 @@ class _Slot:
     __slots__ = ("framed", "inbuf", "inview", "outbuf", "outview", "written")
 
     def __init__(self, in_size: int, out_size: int, zero_copy: bool) -> None:
-        self.inbuf = None if zero_copy else BUFFERS.take(in_size)
-        self.inview = None if self.inbuf is None else memoryview(self.inbuf)
-        self.outbuf = BUFFERS.take(ALIGN + out_size)
-        self.framed = memoryview(self.outbuf)  # ALIGN bytes of room before the output
+        # One size for both buffers of both directions (whole chunks with tags, plus ALIGN),
+        # so that the pool hands an encrypting stream's buffers to a decrypting one.
+        size = ALIGN + max(in_size, out_size)
+        self.inbuf = None if zero_copy else BUFFERS.take(size)
+        self.inview = None if self.inbuf is None else memoryview(self.inbuf)[:in_size]
+        self.outbuf = BUFFERS.take(size)
+        self.framed = memoryview(self.outbuf)[: ALIGN + out_size]  # ALIGN bytes of room first
         self.outview = self.framed[ALIGN:]
         self.written = 0  # plaintext bytes of this slot's last batch that reached dst
 
