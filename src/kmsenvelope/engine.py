@@ -47,6 +47,7 @@ from .stream import (
     encrypt_bytes,
     encrypt_payload,
     payload_length,
+    tell_or_none,
 )
 
 __all__ = ["Engine", "EnvelopeInfo", "Recipient"]
@@ -462,7 +463,7 @@ def inspect_envelope(
         length = payload_length(len(raw) - size, header.chunk_size)
         return _info(header, encoding, size, length)
     src = blob_or_file
-    start = _tell(src)
+    start = tell_or_none(src)
     reader, encoding = open_envelope_stream(src)
     header, size = read_header(reader, limits)
     length = None
@@ -478,15 +479,6 @@ def inspect_envelope(
         except (OSError, ValueError):
             length = None
     return _info(header, encoding, size, length)
-
-
-def _tell(src: BinaryIO) -> int | None:
-    try:
-        if src.seekable():
-            return src.tell()
-    except (AttributeError, OSError, ValueError):
-        pass
-    return None
 
 
 def _info(header: Header, encoding: str, size: int, length: int | None) -> EnvelopeInfo:

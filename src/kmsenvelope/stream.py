@@ -225,11 +225,11 @@ class _Slot:
         self.inbuf = None
 
 
-def _position(dst: BinaryIO) -> int | None:
-    """The offset of ``dst``'s next write, or None for a pipe or anything else that cannot tell."""
+def tell_or_none(stream: BinaryIO) -> int | None:
+    """``stream``'s current offset, or None for a pipe or anything else that cannot tell."""
     try:
-        if dst.seekable():
-            return dst.tell()
+        if stream.seekable():
+            return stream.tell()
     except (AttributeError, OSError, ValueError):
         pass
     return None
@@ -277,7 +277,7 @@ class _Pipeline:
         self.failed = threading.Event()  # set by the writer (or on error): write no more
         self.stop = threading.Event()  # an inline batch failed: read no more
         self.errors: list[BaseException] = []
-        self.position = _position(dst)  # where the next write lands, if dst can tell
+        self.position = tell_or_none(dst)  # where the next write lands, if dst can tell
         self.carry = bytearray(ALIGN)  # output held back to end writes aligned
         self.carried = 0
         self.total = 0
