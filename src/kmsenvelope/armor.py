@@ -7,15 +7,28 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
+import tempfile
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from .errors import MalformedEnvelopeError
 from .header import COMPACT_PREFIX
 
-__all__ = ["ArmorReader", "ArmorWriter", "from_compact", "to_compact"]
+__all__ = [
+    "WHITESPACE",
+    "ArmorReader",
+    "ArmorWriter",
+    "from_compact",
+    "spool_compact",
+    "to_compact",
+]
 
-_WHITESPACE = b" \t\r\n"
+WHITESPACE = b" \t\r\n"
+"""The only whitespace of the compact form (docs/format.md section 8): SP, HT, CR, LF."""
+_WHITESPACE = WHITESPACE
+SPOOL_IN_MEMORY = 16 << 20  # a decoded compact stream larger than this spills to a temp file
 
 
 def to_compact(binary: bytes) -> bytes:
@@ -153,17 +166,43 @@ class PrefixedReader:
 def open_envelope_stream(src: BinaryIO) -> tuple[BinaryIO, str]:
     """Detect the encoding of the envelope in ``src``; return a binary reader and the encoding.
 
-    Leading ASCII whitespace before a compact envelope is skipped (at most 64 bytes).
+    Leading whitespace (SP, HT, CR, LF, any amount, as for in-memory input) is skipped before
+    a compact envelope; a binary envelope starts at its first byte.
     """
-    head = src.read(len(COMPACT_PREFIX))
-    skipped = 0
-    while head[:1] in (b" ", b"\t", b"\r", b"\n") and head and skipped < 64:
-        head = head.lstrip()
-        skipped += 1
-        more = src.read(len(COMPACT_PREFIX) - len(head))
-        if not more:
-            break
-        head += more
+    want = len(COMPACT_PREFIX)
+    head = src.read(want)
+    if head and head[0] in WHITESPACE:
+        head = head.lstrip(WHITESPACE)
+        while not head:
+            block = src.read(4096)
+            if not block:
+                break
+            head = block.lstrip(WHITESPACE)
+        while 0 < len(head) < want:
+            more = src.read(want - len(head))
+            if not more:
+                break
+            head += more
+        head, rest = head[:want], head[want:]
+        if head != COMPACT_PREFIX:
+            # Whitespace, then anything but the compact prefix: an envelope in neither form
+            # (as for in-memory input, a binary envelope starts at its first byte).
+            raise MalformedEnvelopeError("input is not a kmsenvelope envelope")
+        if rest:  # read past the prefix while skipping whitespace: hand it back
+            return ArmorReader(PrefixedReader(rest, src)), "compact"  # type: ignore[arg-type,return-value]
     if head == COMPACT_PREFIX:
         return ArmorReader(src), "compact"  # type: ignore[return-value]
     return PrefixedReader(head, src), "binary"  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def spool_compact(reader: BinaryIO) -> Iterator[BinaryIO]:
+    """Decode a whole compact stream first (raising ``MalformedEnvelopeError`` for invalid
+    text), then yield the binary envelope, held in memory or, past 16 MiB, in an unnamed
+    temporary file (ciphertext only). A streaming reader needs this to find every malformed
+    input before any provider is called."""
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+        while block := reader.read(1 << 20):
+            spool.write(block)
+        spool.seek(0)
+        yield spool  # type: ignore[misc]

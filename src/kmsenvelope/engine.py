@@ -8,10 +8,17 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any, BinaryIO
 
-from .armor import ArmorWriter, from_compact, open_envelope_stream, to_compact
+from .armor import (
+    WHITESPACE,
+    ArmorWriter,
+    PrefixedReader,
+    from_compact,
+    open_envelope_stream,
+    spool_compact,
+    to_compact,
+)
 from .cache import DataKeyCache
 from .config import Config, check_allowed_keys, load_config
 from .errors import (
@@ -21,6 +28,7 @@ from .errors import (
     NoRecipientError,
     ProviderError,
     RecipientAttempt,
+    UnknownSchemeError,
 )
 from .header import (
     COMPACT_PREFIX,
@@ -49,11 +57,14 @@ from .stream import (
     payload_length,
     tell_or_none,
 )
+from .trust import DEFAULT_MAX_UNWRAP_ATTEMPTS, LruCache, TrustPolicy
 
 __all__ = ["Engine", "EnvelopeInfo", "Recipient"]
 
 Recipient = str | KeyEncryptionKey
 MAX_WRAP_THREADS = 8
+KEK_CACHE_SIZE = 256  # opened KEKs kept per engine (LRU): bounded whatever envelopes name
+MAX_UNWRAP_ATTEMPTS_LIMIT = 64
 Progress = Callable[[int], None]
 
 
@@ -102,11 +113,18 @@ class Engine:
     """Encrypts and decrypts envelopes using a provider registry and a configuration.
 
     ``keys`` are KEK objects tried before the registry when decrypting (useful for KEKs that
-    exist only in code). ``allowed_keys`` (default: the config's ``allowed_keys``) limits the
-    key URIs that decryption, re-wrapping and rotation may open through a provider: an
-    envelope from an untrusted source then cannot make this process call a KMS, HSM or host
-    that its author chose. Patterns use ``*`` and ``?`` (``fnmatch``, case-sensitive); None
-    allows any key. An ``Engine`` is thread-safe; opened KEKs are cached per URI.
+    exist only in code). Which other keys decryption, re-wrapping and rotation may open through
+    a provider is decided by a :class:`~kmsenvelope.trust.TrustPolicy`, so that an envelope from
+    an untrusted source cannot make this process call a KMS, HSM or host its author chose:
+
+    - ``allowed_keys`` (default: the config's): when set, exactly the key URIs matching these
+      patterns (``*`` and ``?``, ``fnmatch``, case-sensitive);
+    - when unset (strict, the default): keys the user named — the config's recipients,
+      ``trusted_keys``, keys this engine encrypted to — and their versions, plus ``local:`` keys;
+    - ``allow``: extra patterns added in both cases (the CLI's ``--allow``).
+
+    ``max_unwrap_attempts`` (default: the config's, 8) caps the provider unwrap calls one
+    envelope can cause. An ``Engine`` is thread-safe; opened KEKs are kept in a bounded LRU.
     """
 
     def __init__(
@@ -118,17 +136,34 @@ class Engine:
         limits: Limits = DEFAULT_LIMITS,
         cache: DataKeyCache | None = None,
         allowed_keys: Sequence[str] | None = None,
+        allow: Sequence[str] = (),
+        trusted_keys: Sequence[str] = (),
+        max_unwrap_attempts: int | None = None,
     ) -> None:
-        if isinstance(allowed_keys, str):
-            raise TypeError("allowed_keys must be a list of key-URI patterns, not one string")
+        for name, value in (("allowed_keys", allowed_keys), ("allow", allow)):
+            if isinstance(value, str):
+                raise TypeError(f"{name} must be a list of key-URI patterns, not one string")
+        if isinstance(trusted_keys, str):
+            raise TypeError("trusted_keys must be a list of key URIs, not one string")
         self._allowed = None if allowed_keys is None else check_allowed_keys(allowed_keys)
+        self._allow = check_allowed_keys(allow) if allow else ()
+        self._trusted = tuple(trusted_keys)
+        for uri in self._trusted:
+            try:
+                scheme_of(uri)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        self._max_attempts = (
+            None if max_unwrap_attempts is None else _check_attempts(max_unwrap_attempts)
+        )
         self._registry = registry
         self._config = config
         self._keys = tuple(keys)
         self.limits = limits
         self.data_key_cache = cache  # opt-in reuse of wrapped DEKs by encrypt() (cache.py)
-        self._cache: dict[str, KeyEncryptionKey] = {}
+        self._cache: LruCache[KeyEncryptionKey] = LruCache(KEK_CACHE_SIZE)
         self._lock = threading.Lock()
+        self._trust: TrustPolicy | None = None
 
     @property
     def registry(self) -> ProviderRegistry:
@@ -146,20 +181,43 @@ class Engine:
 
     @property
     def allowed_keys(self) -> tuple[str, ...] | None:
-        """The key-URI patterns decryption may open through a provider (None: any)."""
+        """The configured key-URI patterns (None: strict, only named keys; see the class)."""
         return self._allowed if self._allowed is not None else self.config.allowed_keys
 
+    @property
+    def max_unwrap_attempts(self) -> int:
+        """Provider unwrap calls one envelope may cause."""
+        if self._max_attempts is not None:
+            return self._max_attempts
+        configured = getattr(self.config, "max_unwrap_attempts", None)
+        return DEFAULT_MAX_UNWRAP_ATTEMPTS if configured is None else int(configured)
+
+    @property
+    def trust(self) -> TrustPolicy:
+        """The policy deciding which recorded keys may be contacted (built on first use)."""
+        with self._lock:
+            if self._trust is not None:
+                return self._trust
+        config = self.config  # outside the lock: loading it may take a while
+        policy = TrustPolicy(
+            self._allowed if self._allowed is not None else config.allowed_keys,
+            self._allow,
+            (*config.recipients, *self._trusted),
+        )
+        with self._lock:
+            if self._trust is None:
+                self._trust = policy
+            return self._trust
+
     def key_allowed(self, uri: str) -> bool:
-        """Whether ``uri`` may be opened through a provider to unwrap (see ``allowed_keys``)."""
-        patterns = self.allowed_keys
-        return patterns is None or any(fnmatchcase(uri, p) for p in patterns)
+        """Whether ``uri`` may be opened through a provider to unwrap (see the class)."""
+        return self.trust.allows(uri, self.open_key)
 
     # -- recipients -------------------------------------------------------------------------
 
     def open_key(self, uri: str) -> KeyEncryptionKey:
         """Open (or reuse) the KEK named by ``uri`` through its provider."""
-        with self._lock:
-            kek = self._cache.get(uri)
+        kek = self._cache.get(uri)
         if kek is not None:
             return kek
         try:
@@ -167,9 +225,8 @@ class Engine:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         settings = self.config.provider_settings(scheme)
-        kek = self.registry.open(uri, settings)
-        with self._lock:
-            return self._cache.setdefault(uri, kek)
+        kek = self.registry.open(uri, settings)  # a failed open raises: never cached
+        return self._cache.setdefault(uri, kek)
 
     def open_fresh(self, uri: str) -> KeyEncryptionKey:
         """A new, uncached KEK instance for ``uri`` (used to verify freshly wrapped keys)."""
@@ -193,7 +250,19 @@ class Engine:
             targets = list(to)
             if not targets:
                 raise ConfigError("no recipients: pass at least one key URI or KEK")
-        return [t if not isinstance(t, str) else self.open_key(t) for t in targets]
+        unique: list[Recipient] = []
+        for t in targets:  # --to X --to X: one recipient, not two identical stanzas
+            if not any(t is u or (isinstance(t, str) and t == u) for u in unique):
+                unique.append(t)
+        trust = self.trust
+        keks = []
+        for t in unique:
+            if isinstance(t, str):
+                keks.append(self.open_key(t))
+                trust.name(t)  # a key this engine encrypts to may open what it wrapped
+            else:
+                keks.append(t)
+        return keks
 
     def _wrap_one(
         self, kek: KeyEncryptionKey, dek: bytes, context: Mapping[str, str]
@@ -246,11 +315,15 @@ class Engine:
         yield from candidates
         if any(k.key_id == recipient.key_id for k in candidates):
             return  # the exact key was supplied; another instance of it would fail the same way
+        scheme = _scheme_or_none(recipient.key_id)
+        if scheme is not None:
+            try:  # said before the trust check: "install the provider" is the more useful answer
+                self.registry.factory_for(scheme)
+            except UnknownSchemeError as exc:
+                reasons.append(str(exc))
+                return
         if not self.key_allowed(recipient.key_id):
-            reasons.append(
-                f"{recipient.key_id}: not in allowed_keys, so it was not contacted "
-                f"(allowed: {', '.join(self.allowed_keys or ())})"
-            )
+            reasons.append(f"{recipient.key_id}: {self.trust.refusal(recipient.key_id)}")
             return
         try:
             kek = self.open_key(recipient.key_id)
@@ -275,9 +348,17 @@ class Engine:
     ) -> tuple[bytes, tuple[bytes, bytes]]:
         """``(dek, (payload_key, mac_key))`` from the first recipient that unwraps."""
         attempts: list[RecipientAttempt] = []
+        budget = self.max_unwrap_attempts
         for recipient in header.recipients:
             reasons: list[str] = []
             for kek in self._keks_for(recipient, keys, reasons):
+                if budget <= 0:
+                    reasons.append(
+                        f"not tried: this envelope already caused {self.max_unwrap_attempts} "
+                        "unwrap attempts (max_unwrap_attempts)"
+                    )
+                    break
+                budget -= 1
                 try:
                     dek = kek.unwrap(recipient, header.context)
                 except Exception as exc:
@@ -381,7 +462,7 @@ class Engine:
             raw = from_compact(blob)
         else:
             raw = bytes(blob)
-            if not raw.startswith(MAGIC) and raw.lstrip().startswith(COMPACT_PREFIX):
+            if not raw.startswith(MAGIC) and raw.lstrip(WHITESPACE).startswith(COMPACT_PREFIX):
                 raw = from_compact(raw)
         header, size = parse_header(raw, self.limits)
         check_context(header.context, context)
@@ -403,20 +484,45 @@ class Engine:
         plaintext: write to a temporary file and discard it on error (the CLI does).
         """
         reader, encoding = open_envelope_stream(src)
+        if encoding == "compact":
+            # Invalid compact text is malformed, and malformed checks that need no key come
+            # before any provider call (docs/format.md section 10): decode it all first.
+            with spool_compact(reader) as binary:
+                return self._decrypt_binary(binary, dst, context, keys, progress)
+        if type(src) is io.BytesIO and isinstance(reader, PrefixedReader):
+            return self._decrypt_binary(reader, dst, context, keys, progress, payload_src=src)
+        return self._decrypt_binary(reader, dst, context, keys, progress)
+
+    def _decrypt_binary(
+        self,
+        reader: BinaryIO,
+        dst: BinaryIO,
+        context: Mapping[str, str] | None,
+        keys: Sequence[KeyEncryptionKey],
+        progress: Progress | None,
+        payload_src: BinaryIO | None = None,
+    ) -> int:
         header, _size = read_header(reader, self.limits)
         check_context(header.context, context)
         payload_key, _mac_key = self._unwrap_dek(header, keys)
-        if encoding == "binary" and type(src) is io.BytesIO:
-            # The header (> 8 bytes) has used up the reader's lookahead: read the payload in
-            # place from the BytesIO (no copy) rather than through the wrapper.
-            reader = src
-        return decrypt_payload(reader, dst, payload_key, header.chunk_size, progress)
+        # For a BytesIO the header (> 8 bytes) has used up the reader's lookahead: read the
+        # payload in place from the BytesIO (no copy) rather than through the wrapper.
+        src = reader if payload_src is None else payload_src
+        return decrypt_payload(src, dst, payload_key, header.chunk_size, progress)
 
     def inspect(
         self, blob_or_file: bytes | bytearray | memoryview | str | BinaryIO
     ) -> EnvelopeInfo:
         """Read an envelope's header without any key."""
         return inspect_envelope(blob_or_file, self.limits)
+
+
+def _check_attempts(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("max_unwrap_attempts must be an integer")
+    if not 1 <= value <= MAX_UNWRAP_ATTEMPTS_LIMIT:
+        raise ConfigError(f"max_unwrap_attempts must be 1..{MAX_UNWRAP_ATTEMPTS_LIMIT}")
+    return value
 
 
 def _scheme_or_none(uri: str) -> str | None:
@@ -456,7 +562,7 @@ def inspect_envelope(
             else bytes(blob_or_file)
         )
         encoding = "binary"
-        if raw.lstrip().startswith(COMPACT_PREFIX):
+        if raw.lstrip(WHITESPACE).startswith(COMPACT_PREFIX):
             raw = from_compact(raw)
             encoding = "compact"
         header, size = read_header(io.BytesIO(raw), limits)

@@ -81,7 +81,8 @@ def test_patterns_are_case_sensitive_and_whole_uri(registry: ProviderRegistry) -
     assert not engine.key_allowed("rec:Key12")
     assert not engine.key_allowed("xrec:Key1")
     assert engine.key_allowed("local:payments/3")
-    assert Engine(registry=registry, config=Config()).key_allowed("anything:at-all")
+    # Strict by default: with no allowed_keys, a key nobody named is not contacted.
+    assert not Engine(registry=registry, config=Config()).key_allowed("anything:at-all")
 
 
 def test_supplied_keys_are_always_usable(registry: ProviderRegistry) -> None:

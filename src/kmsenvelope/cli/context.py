@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ..config import Config, load_config
+from ..config import Config, check_allowed_keys, load_config
 from ..engine import Engine
 from ..errors import ConfigError
 from ..local.keystore import Keystore
@@ -62,8 +62,33 @@ class CliContext:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(registry=ProviderRegistry.load(), config=self.config)
+            self._engine = Engine(
+                registry=ProviderRegistry.load(),
+                config=self.config,
+                allow=self.allow_patterns,
+                trusted_keys=self.named_keys,
+            )
         return self._engine
+
+    @property
+    def allow_patterns(self) -> tuple[str, ...]:
+        """``--allow PATTERN`` values: more keys decryption may contact (validated)."""
+        patterns = tuple(getattr(self.args, "allow", None) or ())
+        if patterns:
+            try:
+                check_allowed_keys(patterns)
+            except ConfigError as exc:
+                raise ConfigError(f"--allow: {str(exc).removeprefix('allowed_keys ')}") from None
+        return patterns
+
+    @property
+    def named_keys(self) -> tuple[str, ...]:
+        """Key URIs named on the command line (``--to``, ``--add``): the user vouches for them,
+        so decryption may contact them (and their versions) to unwrap."""
+        named: list[str] = []
+        for option in ("to", "add"):
+            named += [u for u in getattr(self.args, option, None) or () if isinstance(u, str)]
+        return tuple(named)
 
     @property
     def keystore_path(self) -> Path:

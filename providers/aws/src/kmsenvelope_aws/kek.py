@@ -170,6 +170,19 @@ class AwsKmsKey:
         """The key ARN this URI names (one ``DescribeKey`` per instance, then remembered)."""
         return self._key().arn
 
+    def recognizes(self, key_id: str) -> bool:
+        """Whether an envelope's recorded ``key_id`` is this key (an alias or key id is resolved
+        to its ARN with one ``DescribeKey`` on *this* key, never on the recorded one)."""
+        try:
+            recorded = parse_key_uri(key_id)
+        except ConfigError:
+            return False
+        if recorded.kind is not KeyRefKind.KEY_ARN:
+            return False
+        if self._ref.is_key_arn:
+            return recorded.kms_key_id == self._ref.kms_key_id
+        return recorded.kms_key_id == self.resolve()
+
     def _key(self, max_age: float | None = None) -> _ResolvedKey:
         """The resolved key; described again if ``max_age`` seconds have passed since."""
         resolved = self._resolved

@@ -93,6 +93,24 @@ class Pkcs11KEK:
     def __repr__(self) -> str:
         return f"Pkcs11KEK({self._key_id!r}, module={self._settings.module!r})"
 
+    def recognizes(self, key_id: str) -> bool:
+        """Whether an envelope's recorded ``key_id`` names this key: every attribute this URI
+        names (token, serial, label, CKA_ID) is recorded with the same value. No HSM call."""
+        try:
+            recorded = parse_uri(key_id, self._settings.scheme)
+        except ConfigError:
+            return False
+        mine = self._parsed
+        pairs = (
+            (mine.token, recorded.token),
+            (mine.serial, recorded.serial),
+            (mine.object, recorded.object),
+            (mine.id, recorded.id),
+        )
+        if all(want is None for want, _ in pairs):
+            return False
+        return all(want is None or want == got for want, got in pairs)
+
     # -- plumbing -----------------------------------------------------------------------------
 
     def _token_ref(self, lib: Any) -> TokenRef:

@@ -1,0 +1,176 @@
+"""Which keys an envelope may make us contact: allowed-key patterns, named keys, attempt caps.
+
+An envelope names the keys that wrapped it, and anyone can write an envelope. Decryption
+therefore opens a key through its provider only when the *user* vouched for it:
+
+- ``allowed_keys`` set (config, profile, ``KMSENVELOPE_ALLOWED_KEYS`` or
+  ``Engine(allowed_keys=…)``): exactly the keys matching those patterns;
+- otherwise (the default, "strict"): the keys the user named — configured recipients, keys
+  named on the command line (``--to``, ``--add``), keys handed in code or used by the same engine
+  to encrypt — any of their versions, and the local keystore's own keys (``local:``);
+- in both cases, the extra patterns of ``--allow`` / ``Engine(allow=…)``.
+
+Discovery (open whatever the envelope names) is the explicit opt-in ``SCHEME:*``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from fnmatch import fnmatchcase
+from typing import Generic, Protocol, TypeVar, runtime_checkable
+
+from .config import check_allowed_keys
+from .kek import KeyEncryptionKey, scheme_of
+
+__all__ = [
+    "DEFAULT_MAX_UNWRAP_ATTEMPTS",
+    "KeyRecognizer",
+    "LruCache",
+    "TrustPolicy",
+]
+
+DEFAULT_MAX_UNWRAP_ATTEMPTS = 8
+"""Provider unwrap calls one envelope may cause (a hostile one may name 64 recipients)."""
+
+ALWAYS_TRUSTED_SCHEMES = frozenset({"local"})
+"""Providers whose every key is the user's own: the local keystore never leaves this host."""
+
+
+@runtime_checkable
+class KeyRecognizer(Protocol):
+    """Optional KEK extension: does an envelope's recorded key id name this key?
+
+    Used for keys whose recorded id differs from the name the user gave (an AWS alias is
+    recorded as the key ARN it pointed at). It may ask this key's own service (the user named
+    the key), never a service the recorded id names.
+    """
+
+    def recognizes(self, key_id: str) -> bool:
+        """True if ``key_id`` (from a recipient stanza) is this key or one of its versions."""
+        ...
+
+
+def names_version_of(named: str, key_id: str) -> bool:
+    """``key_id`` is ``named`` itself or a version below it (``local:k`` -> ``local:k/3``)."""
+    return key_id == named or (key_id.startswith(named) and key_id[len(named)] == "/")
+
+
+_T = TypeVar("_T")
+
+
+class LruCache(Generic[_T]):
+    """A small thread-safe LRU map from key URI to an opened object (bounded memory)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("an LRU cache needs a limit of at least 1")
+        self._limit = limit
+        self._items: OrderedDict[str, _T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> _T | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def setdefault(self, key: str, item: _T) -> _T:
+        """Store ``item`` unless ``key`` is present; return what is stored; evict the oldest."""
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+            self._items[key] = item
+            while len(self._items) > self._limit:
+                self._items.popitem(last=False)
+            return item
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+class TrustPolicy:
+    """Decides whether a recipient's key may be opened through its provider to unwrap."""
+
+    def __init__(
+        self,
+        allowed_keys: Sequence[str] | None,
+        allow: Sequence[str] = (),
+        named: Iterable[str] = (),
+    ) -> None:
+        if isinstance(allow, str):
+            raise TypeError("allow must be a list of key-URI patterns, not one string")
+        self.allowed_keys = None if allowed_keys is None else tuple(allowed_keys)
+        self.allow = check_allowed_keys(allow) if allow else ()
+        self._named: dict[str, None] = {}
+        self._lock = threading.Lock()
+        for uri in named:
+            self.name(uri)
+
+    @property
+    def strict(self) -> bool:
+        """No ``allowed_keys``: only named keys (plus ``allow`` patterns) may be contacted."""
+        return self.allowed_keys is None
+
+    @property
+    def named(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._named)
+
+    def name(self, uri: str) -> None:
+        """Record a key URI the user named (a recipient they chose)."""
+        with self._lock:
+            self._named.setdefault(uri, None)
+
+    def allows(self, key_id: str, open_named: Callable[[str], KeyEncryptionKey]) -> bool:
+        """Whether the key recorded as ``key_id`` may be contacted.
+
+        ``open_named`` opens a key the user named (safe: they chose it); it is used only for
+        keys that implement :class:`KeyRecognizer`, such as an AWS alias.
+        """
+        if any(fnmatchcase(key_id, p) for p in self.allow):
+            return True
+        if not self.strict:
+            return any(fnmatchcase(key_id, p) for p in self.allowed_keys or ())
+        scheme = _scheme(key_id)
+        if scheme is None:
+            return False
+        if scheme in ALWAYS_TRUSTED_SCHEMES:
+            return True
+        same_scheme = [n for n in self.named if _scheme(n) == scheme]
+        if any(names_version_of(n, key_id) for n in same_scheme):
+            return True
+        for uri in same_scheme:
+            try:
+                kek = open_named(uri)
+                if isinstance(kek, KeyRecognizer) and kek.recognizes(key_id):
+                    return True
+            except Exception:  # noqa: S112 - a named key that cannot be opened vouches for nothing
+                continue
+        return False
+
+    def refusal(self, key_id: str) -> str:
+        """Why ``key_id`` was skipped, and how to allow it (one line, for NoRecipientError)."""
+        how = f"--allow '{key_id}', allowed_keys or KMSENVELOPE_ALLOWED_KEYS"
+        if not self.strict:
+            listed = ", ".join((*(self.allowed_keys or ()), *self.allow))
+            return (
+                f"not in allowed_keys, so it was not contacted (allowed: {listed}; "
+                f"to allow it: {how})"
+            )
+        return (
+            "not a key you named (configured recipients, --to/--add keys) nor in allowed_keys, "
+            f"so it was not contacted (to allow it: {how})"
+        )
+
+
+def _scheme(uri: str) -> str | None:
+    try:
+        return scheme_of(uri)
+    except ValueError:
+        return None
