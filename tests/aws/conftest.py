@@ -113,11 +113,17 @@ def registry() -> ProviderRegistry:
 
 @pytest.fixture
 def engine(registry: ProviderRegistry, settings: dict[str, Any]) -> Callable[..., Engine]:
-    """A fresh engine (fresh KEK cache) configured like ``[providers.aws-kms]`` = settings."""
+    """A fresh engine (fresh KEK cache) configured like ``[providers.aws-kms]`` = settings.
+
+    It may contact any ``aws-kms`` key (``allow=["aws-kms:*"]``), so an envelope made by one
+    engine opens in another: these tests are about the provider; strict decryption (only keys
+    the user named) is tested in tests/core.
+    """
 
     def make(**overrides: Any) -> Engine:
         table = {**settings, **overrides}
-        return Engine(registry=registry, config=Config(providers={"aws-kms": table}))
+        config = Config(providers={"aws-kms": table})
+        return Engine(registry=registry, config=config, allow=["aws-kms:*"])
 
     return make
 
@@ -144,4 +150,10 @@ def fault_kms(moto_url: str) -> Iterator[FaultInjectingKms]:
 @pytest.fixture(scope="session")
 def rsa_3072() -> rsa.RSAPrivateKey:
     """An RSA key pair the tests own (KMS would never hand out the private half)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+
+
+@pytest.fixture(scope="session")
+def rsa_3072_other() -> rsa.RSAPrivateKey:
+    """A second RSA key pair, for a second fake RSA KMS key."""
     return rsa.generate_private_key(public_exponent=65537, key_size=3072)

@@ -15,8 +15,6 @@ from kmsenvelope_aws import AwsKmsKey, ClientCache
 
 
 class _AgainstMoto(ProviderConformance):
-    binds_context = True
-
     @pytest.fixture
     def reopen(self, settings):
         # A fresh instance with its own, new client.
@@ -25,6 +23,10 @@ class _AgainstMoto(ProviderConformance):
     @pytest.fixture
     def unknown_key(self):
         return f"aws-kms:{unknown_key_arn()}"
+
+    @pytest.fixture
+    def other_kek(self, make_key, registry, settings):
+        return registry.open(f"aws-kms:{make_key()['Arn']}", settings)
 
 
 class TestConformanceByArn(_AgainstMoto):
@@ -52,7 +54,8 @@ class TestConformanceByAlias(_AgainstMoto):
 
 
 class TestConformanceRsa(ProviderConformance):
-    binds_context = False  # RSA-OAEP has no AAD; the envelope's header MAC binds the context
+    """RSAES_OAEP_SHA_256 has no AAD: the suite expects the envelope's header MAC to bind the
+    context (it reads the algorithm each wrap records)."""
 
     @pytest.fixture
     def kek(self, fault_kms, rsa_3072, registry):
@@ -67,6 +70,12 @@ class TestConformanceRsa(ProviderConformance):
     def reopen(self, fault_kms):
         settings = {"endpoint_url": fault_kms.url}
         return lambda uri: AwsKmsKey(uri, settings, clients=ClientCache())
+
+    @pytest.fixture
+    def other_kek(self, fault_kms, rsa_3072_other, registry):
+        other = FakeRsaKey(rsa_3072_other)
+        fault_kms.answer(other)
+        return registry.open(other.uri, {"endpoint_url": fault_kms.url})
 
     @pytest.fixture
     def unknown_key(self):

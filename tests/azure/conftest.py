@@ -86,7 +86,9 @@ def make_engine(cloud: Cloud) -> MakeEngine:
     """An Engine whose registry holds only the azure-kv plugin (never ambient plugins).
 
     ``fresh=True`` registers a new ``AzureKeyVaultProvider`` instance instead of the plugin
-    module's shared one: new KeyClient, new credential, new token.
+    module's shared one: new KeyClient, new credential, new token. The engine may contact any
+    ``azure-kv`` key (``allow=["azure-kv:*"]``), so an envelope made by one engine opens in
+    another: these tests are about the provider; strict decryption is tested in tests/core.
     """
 
     def build(*, fresh: bool = False, keys: tuple[Any, ...] = (), **settings: Any) -> Engine:
@@ -96,7 +98,7 @@ def make_engine(cloud: Cloud) -> MakeEngine:
         else:
             registry.add_plugin(kmsenvelope_azure.plugin, name="azure-kv")
         config = Config(providers={"azure-kv": cloud.settings(**settings)})
-        return kmsenvelope.Engine(registry=registry, config=config, keys=keys)
+        return kmsenvelope.Engine(registry=registry, config=config, keys=keys, allow=["azure-kv:*"])
 
     return build
 

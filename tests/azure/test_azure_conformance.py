@@ -1,4 +1,9 @@
-"""The core's provider conformance suite, run against the emulated Key Vault and Managed HSM."""
+"""The core's provider conformance suite, run against the emulated Key Vault and Managed HSM.
+
+Key Vault's wrapKey takes no additional authenticated data (RSA-OAEP-256, A256KW): the suite
+knows both names as algorithms without AAD and checks that the envelope's header MAC binds the
+context instead (see test_azure_context.py).
+"""
 
 from __future__ import annotations
 
@@ -21,8 +26,6 @@ def _reopen(settings: dict[str, Any]) -> Any:
 class TestRsaKeyConformance(ProviderConformance):
     """An RSA key in a Key Vault: RSA-OAEP-256, wrapped locally, unwrapped by the service."""
 
-    binds_context = False  # RSA-OAEP has no AAD; the envelope's header MAC binds the context
-
     @pytest.fixture
     def kek(self, cloud: Cloud, vault_admin: KeyClient) -> AzureKeyVaultKEK:
         key = vault_admin.create_rsa_key(unique("conf-rsa"), size=2048)
@@ -44,8 +47,6 @@ class TestRsaKeyConformance(ProviderConformance):
 
 class TestOctHsmKeyConformance(ProviderConformance):
     """An oct-HSM key in a Managed HSM: A256KW, wrapped and unwrapped by the service."""
-
-    binds_context = False  # Key Vault's wrapKey takes no AAD for AES-KW either
 
     @pytest.fixture
     def kek(self, cloud: Cloud, hsm_admin: KeyClient) -> AzureKeyVaultKEK:

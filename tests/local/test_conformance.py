@@ -17,8 +17,6 @@ def _reopen(keystore_dir: object) -> Callable[[str], KeyEncryptionKey]:
 
 
 class TestLocalAesConformance(ProviderConformance):
-    binds_context = True
-
     @pytest.fixture
     def kek(self, keystore: Keystore, keystore_dir: object) -> KeyEncryptionKey:
         keystore.create_key("conf-aes", "aes256")
@@ -39,8 +37,6 @@ class TestLocalAesConformance(ProviderConformance):
 
 
 class TestLocalRsaConformance(TestLocalAesConformance):
-    binds_context = False
-
     @pytest.fixture
     def kek(self, keystore: Keystore, keystore_dir: object) -> KeyEncryptionKey:
         keystore.create_key("conf-rsa", "rsa3072")

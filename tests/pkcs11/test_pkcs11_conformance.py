@@ -10,7 +10,7 @@ from kmsenvelope_pkcs11.cloudhsm import CLOUDHSM
 
 
 class TestAesGcm(ProviderConformance):
-    binds_context = True
+    """AES-256-GCM in the token, the context as AAD: the suite requires it to be bound."""
 
     @pytest.fixture
     def settings(self, softhsm):
@@ -34,7 +34,7 @@ class TestAesGcm(ProviderConformance):
 
 
 class TestAesKwp(TestAesGcm):
-    binds_context = False  # RFC 5649 has no AAD; the envelope's header MAC binds the context
+    """AES-KWP (RFC 5649): no AAD and deterministic, known to the suite by its name."""
 
     @pytest.fixture
     def settings(self, softhsm):
@@ -42,7 +42,7 @@ class TestAesKwp(TestAesGcm):
 
 
 class TestRsaOaepSha1(ProviderConformance):
-    binds_context = False  # RSA-OAEP is used without a label
+    """RSA-OAEP without a label: no AAD, the envelope's header MAC binds the context."""
 
     @pytest.fixture
     def settings(self, softhsm):
@@ -68,8 +68,6 @@ class TestRsaOaepSha1(ProviderConformance):
 class TestCloudHsmPresetOnSoftHsm(ProviderConformance):
     """``aws-cloudhsm:`` driven against SoftHSM2: the CloudHSM credentials path (CLOUDHSM_PIN as
     USER:PASSWORD), with the two mechanism defaults SoftHSM2 lacks set back to standard ones."""
-
-    binds_context = True
 
     @pytest.fixture
     def settings(self, softhsm_bare, monkeypatch):
