@@ -1,12 +1,18 @@
 """Configuration: a TOML file plus environment overrides.
 
-File lookup (first found wins): an explicit path, ``./kmsenvelope.toml``,
-``$KMSENVELOPE_CONFIG``, then ``<user config dir>/kmsenvelope/config.toml``.
+File lookup (first found wins): an explicit path (``--config``), ``$KMSENVELOPE_CONFIG``, then
+``<user config dir>/kmsenvelope/config.toml``. The working directory is never searched: a
+``kmsenvelope.toml`` there is ignored. A configuration chooses which keys data is encrypted to,
+which keys decryption may contact and which PKCS#11 library is loaded, so it must come from the
+user, not from whatever directory a command happens to run in (an unpacked tarball, a cloned
+repository) -- the lesson of git's ``safe.directory``. Settings that load code take absolute
+paths only.
 
 ::
 
     recipients = ["local:payments"]        # default recipients for encrypt
     allowed_keys = ["local:*"]             # the only keys decrypt may ask a provider for
+    max_unwrap_attempts = 8                # provider unwrap calls one envelope may cause (1..64)
     profile = "prod"                       # default profile (or KMSENVELOPE_PROFILE)
     [context]                              # default encryption context
     app = "billing"
@@ -18,14 +24,24 @@ File lookup (first found wins): an explicit path, ``./kmsenvelope.toml``,
     region = "eu-west-1"
 
 Environment: ``KMSENVELOPE_PROFILE``, ``KMSENVELOPE_RECIPIENTS`` and
-``KMSENVELOPE_ALLOWED_KEYS`` (comma-separated),
+``KMSENVELOPE_ALLOWED_KEYS`` (comma-separated), ``KMSENVELOPE_MAX_UNWRAP_ATTEMPTS``,
 ``KMSENVELOPE_KEYSTORE`` (= ``providers.local.keystore``) and
 ``KMSENVELOPE_PROVIDERS__<SCHEME>__<KEY>`` for any provider setting (scheme upper-cased with
 ``-`` written as ``_``), e.g. ``KMSENVELOPE_PROVIDERS__AWS_KMS__REGION=eu-west-1``.
+
+Provider tables are checked against the provider's settings schema (:mod:`kmsenvelope.settings`)
+when a key is opened; :meth:`Config.provider_settings` hands the provider a table that
+remembers the file:line or variable each value came from, so errors point there.
+
+``allowed_keys`` patterns: ``*`` and ``?`` match anything, ``/``, ``.`` and ``:`` included, so
+apart from exactly ``SCHEME:*`` (every key of one provider: an explicit discovery opt-in) a
+pattern must spell out the start of the key URI: no wildcard first, none before the end of a
+URL's host (``https://HOST/``) nor before the end of an ARN's account id (``…:ACCOUNT:``).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -36,24 +52,37 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
+from .settings import REDACTED as REDACTED
+from .settings import SettingsSchema, SettingsTable, redact_settings
 
-__all__ = ["Config", "check_allowed_keys", "find_config_file", "load_config"]
+__all__ = [
+    "Config",
+    "check_allowed_keys",
+    "find_config_file",
+    "ignored_local_config",
+    "load_config",
+]
 
 CONFIG_ENV = "KMSENVELOPE_CONFIG"
 PROFILE_ENV = "KMSENVELOPE_PROFILE"
 RECIPIENTS_ENV = "KMSENVELOPE_RECIPIENTS"
 ALLOWED_KEYS_ENV = "KMSENVELOPE_ALLOWED_KEYS"
 KEYSTORE_ENV = "KMSENVELOPE_KEYSTORE"
+MAX_UNWRAP_ATTEMPTS_ENV = "KMSENVELOPE_MAX_UNWRAP_ATTEMPTS"
 PROVIDER_ENV_PREFIX = "KMSENVELOPE_PROVIDERS__"
-_TOP_KEYS = {"recipients", "allowed_keys", "profile", "context", "providers", "profiles"}
-_PROFILE_KEYS = {"recipients", "allowed_keys", "context", "providers"}
-# Setting names whose values are secrets (``token`` alone is a PKCS#11 token label: not secret).
-_SECRET = re.compile(
-    r"(?:^|[_-])(pin|pass(?:word|phrase)?|secret|private[_-]?key|(?:session|access|sas|"
-    r"refresh|bearer)[_-]?token|api[_-]?key|credentials?)(?:$|[_-])",
-    re.IGNORECASE,
-)
-REDACTED = "***"
+LOCAL_CONFIG_NAME = "kmsenvelope.toml"  # no longer read from the working directory
+DEFAULT_MAX_UNWRAP_ATTEMPTS = 8
+MAX_UNWRAP_ATTEMPTS_RANGE = (1, 64)
+_TOP_KEYS = {
+    "recipients",
+    "allowed_keys",
+    "max_unwrap_attempts",
+    "profile",
+    "context",
+    "providers",
+    "profiles",
+}
+_PROFILE_KEYS = {"recipients", "allowed_keys", "max_unwrap_attempts", "context", "providers"}
 
 
 def user_config_path() -> Path:
@@ -64,11 +93,11 @@ def user_config_path() -> Path:
 
 
 def find_config_file(env: Mapping[str, str] | None = None) -> Path | None:
-    """The config file that applies, or None when there is none."""
+    """The config file that applies (``$KMSENVELOPE_CONFIG``, else the user's), or None.
+
+    The working directory is not searched (see the module docstring).
+    """
     env = os.environ if env is None else env
-    local = Path("kmsenvelope.toml")
-    if local.is_file():
-        return local.resolve()
     explicit = env.get(CONFIG_ENV)
     if explicit:
         path = Path(explicit).expanduser()
@@ -77,6 +106,18 @@ def find_config_file(env: Mapping[str, str] | None = None) -> Path | None:
         return path
     user = user_config_path()
     return user if user.is_file() else None
+
+
+def ignored_local_config(used: Path | None = None) -> Path | None:
+    """``./kmsenvelope.toml`` if one exists and is not the file in use (``used``): such a file
+    is ignored, and the CLI says so rather than leave the user wondering."""
+    local = Path(LOCAL_CONFIG_NAME)
+    if not local.is_file():
+        return None
+    resolved = local.resolve()
+    if used is not None and Path(used).resolve() == resolved:
+        return None
+    return resolved
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,53 +131,68 @@ class Config:
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Key-URI patterns (``*``, ``?``) that decryption may open through a provider; None: any.
     allowed_keys: tuple[str, ...] | None = None
+    # Provider unwrap calls one envelope may cause (the engine enforces it).
+    max_unwrap_attempts: int = DEFAULT_MAX_UNWRAP_ATTEMPTS
+    # Where each provider setting came from: scheme -> name -> "FILE:LINE" / "environment …".
+    origins: Mapping[str, Mapping[str, str]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.allowed_keys is not None:
             if isinstance(self.allowed_keys, str):
                 raise TypeError("allowed_keys must be a list of key-URI patterns, not one string")
             object.__setattr__(self, "allowed_keys", check_allowed_keys(self.allowed_keys))
+        problem = _attempts_problem(self.max_unwrap_attempts)
+        if problem:
+            raise ConfigError(f"max_unwrap_attempts {problem}")
 
     def __repr__(self) -> str:
         """Secrets redacted, like ``config show`` (a repr ends up in tracebacks and logs)."""
         return f"Config({self.redacted()!r})"
 
-    def provider_settings(self, scheme: str) -> Mapping[str, Any]:
-        """The ``[providers.SCHEME]`` table (empty if absent), read-only."""
-        return MappingProxyType(dict(self.providers.get(scheme, {})))
+    def provider_settings(self, scheme: str) -> SettingsTable:
+        """The ``[providers.SCHEME]`` table (empty if absent), read-only, with the origin of
+        each value (for errors that name the file:line or environment variable)."""
+        return SettingsTable(scheme, self.providers.get(scheme, {}), self.origins.get(scheme, {}))
 
-    def redacted(self) -> dict[str, Any]:
-        """The effective config as a dict, with values of secret-looking keys replaced."""
+    def redacted(self, schemas: Mapping[str, SettingsSchema] | None = None) -> dict[str, Any]:
+        """The effective config as a dict, provider settings redacted by allow-list.
+
+        A provider setting is shown only if its provider's schema (``schemas``, by scheme; the
+        built-in ``local`` provider's is always known) declares it and not secret; every other
+        value -- undeclared names, providers not installed -- is ``***``.
+        """
+        from .local.provider import LOCAL_SETTINGS
+
+        known: dict[str, SettingsSchema] = {"local": LOCAL_SETTINGS, **(schemas or {})}
         return {
             "file": str(self.path) if self.path else None,
             "profile": self.profile,
             "recipients": list(self.recipients),
             "allowed_keys": None if self.allowed_keys is None else list(self.allowed_keys),
+            "max_unwrap_attempts": self.max_unwrap_attempts,
             "context": dict(self.context),
-            "providers": {s: _redact(dict(v)) for s, v in self.providers.items()},
+            "providers": {
+                s: redact_settings(dict(v), known.get(s)) for s, v in self.providers.items()
+            },
         }
 
 
-def _redact(table: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in table.items():
-        if isinstance(v, dict):
-            out[k] = _redact(v)
-        elif _SECRET.search(k):
-            out[k] = REDACTED
-        else:
-            out[k] = v
-    return out
+def _attempts_problem(value: Any) -> str | None:
+    """Why ``value`` is not a usable ``max_unwrap_attempts``, or None if it is."""
+    low, high = MAX_UNWRAP_ATTEMPTS_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return f"must be a whole number from {low} to {high}, not {value!r}"
+    return None
 
 
 def _locate(text: str, table: str, key: str) -> int | None:
     """Best-effort 1-based line of ``key`` inside ``[table]`` ('' for top level)."""
     current = ""
-    pattern = re.compile(rf'^\s*"?{re.escape(key)}"?\s*=')
+    pattern = re.compile(rf"""^\s*["']?{re.escape(key)}["']?\s*=""")
     for lineno, line in enumerate(text.splitlines(), 1):
         header = re.match(r"^\s*\[\s*([^\]]+?)\s*\]\s*(#.*)?$", line)
         if header:
-            current = header.group(1).replace('"', "").replace(" ", "")
+            current = header.group(1).replace('"', "").replace("'", "").replace(" ", "")
             continue
         if current == table and pattern.match(line):
             return lineno
@@ -150,13 +206,15 @@ class _Checker:
         self.path = path
         self.text = text
 
-    def fail(self, table: str, key: str, problem: str) -> ConfigError:
+    def where(self, table: str, key: str) -> str:
+        """``FILE:LINE`` of ``key`` in ``[table]`` (``FILE`` alone if the line is not found)."""
         where = str(self.path) if self.path else "<config>"
         line = _locate(self.text, table, key) if self.text else None
-        if line is not None:
-            where += f":{line}"
+        return f"{where}:{line}" if line is not None else where
+
+    def fail(self, table: str, key: str, problem: str) -> ConfigError:
         dotted = f"{table}.{key}" if table else key
-        return ConfigError(f"{where}: key '{dotted}': {problem}")
+        return ConfigError(f"{self.where(table, key)}: key '{dotted}': {problem}")
 
     def recipients(self, table: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -171,6 +229,12 @@ class _Checker:
         if problem:
             raise self.fail(table, "allowed_keys", problem)
         return tuple(value)
+
+    def max_unwrap_attempts(self, table: str, value: Any) -> int:
+        problem = _attempts_problem(value)
+        if problem:
+            raise self.fail(table, "max_unwrap_attempts", problem)
+        return int(value)
 
     def context(self, table: str, value: Any) -> dict[str, str]:
         if not isinstance(value, dict) or not all(
@@ -188,9 +252,36 @@ class _Checker:
                 raise self.fail(sub, scheme, "must be a table of provider settings")
         return {s: dict(v) for s, v in value.items()}
 
+    def origins(self, table: str, providers: Mapping[str, Mapping[str, Any]]) -> _Origins:
+        """Where each setting of the ``providers`` tables under ``table`` was written."""
+        sub = f"{table}.providers" if table else "providers"
+        return {
+            scheme: {key: self.where(f"{sub}.{scheme}", key) for key in settings}
+            for scheme, settings in providers.items()
+        }
+
     def unknown(self, table: str, keys: set[str], allowed: set[str]) -> None:
         for key in sorted(keys - allowed):
-            raise self.fail(table, key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+            hint = (
+                f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
+            )
+            raise self.fail(table, key, f"unknown key ({hint})")
+
+
+_Origins = dict[str, dict[str, str]]
+
+
+def _merge(
+    providers: dict[str, dict[str, Any]],
+    origins: _Origins,
+    more: Mapping[str, Mapping[str, Any]],
+    more_origins: Mapping[str, Mapping[str, str]],
+) -> None:
+    """Overlay provider tables (a profile's) key by key, keeping track of origins."""
+    for scheme, settings in more.items():
+        providers[scheme] = {**providers.get(scheme, {}), **settings}
+        origins[scheme] = {**origins.get(scheme, {}), **more_origins.get(scheme, {})}
 
 
 def load_config(
@@ -219,8 +310,12 @@ def load_config(
     check.unknown("", set(data), _TOP_KEYS)
     recipients = check.recipients("", data["recipients"]) if "recipients" in data else ()
     allowed = check.allowed_keys("", data["allowed_keys"]) if "allowed_keys" in data else None
+    attempts = DEFAULT_MAX_UNWRAP_ATTEMPTS
+    if "max_unwrap_attempts" in data:
+        attempts = check.max_unwrap_attempts("", data["max_unwrap_attempts"])
     context = check.context("", data["context"]) if "context" in data else {}
     providers = check.providers("", data["providers"]) if "providers" in data else {}
+    origins = check.origins("", providers)
 
     chosen = profile or env.get(PROFILE_ENV) or data.get("profile")
     if chosen is not None and not isinstance(chosen, str):
@@ -242,10 +337,12 @@ def load_config(
             recipients = check.recipients(table, prof["recipients"])
         if "allowed_keys" in prof:
             allowed = check.allowed_keys(table, prof["allowed_keys"])
+        if "max_unwrap_attempts" in prof:
+            attempts = check.max_unwrap_attempts(table, prof["max_unwrap_attempts"])
         if "context" in prof:
             context = {**context, **check.context(table, prof["context"])}
-        for scheme, settings in check.providers(table, prof.get("providers", {})).items():
-            providers[scheme] = {**providers.get(scheme, {}), **settings}
+        overlay = check.providers(table, prof.get("providers", {}))
+        _merge(providers, origins, overlay, check.origins(table, overlay))
 
     if env.get(RECIPIENTS_ENV):
         recipients = tuple(r.strip() for r in env[RECIPIENTS_ENV].split(",") if r.strip())
@@ -255,9 +352,12 @@ def load_config(
         if problem:
             raise ConfigError(f"environment variable {ALLOWED_KEYS_ENV}: {problem}")
         allowed = tuple(patterns)
+    if env.get(MAX_UNWRAP_ATTEMPTS_ENV):
+        attempts = _attempts_from_env(env[MAX_UNWRAP_ATTEMPTS_ENV])
     if env.get(KEYSTORE_ENV):
         providers.setdefault("local", {})["keystore"] = env[KEYSTORE_ENV]
-    for name, value in env.items():
+        origins.setdefault("local", {})["keystore"] = f"environment variable {KEYSTORE_ENV}"
+    for name, value in sorted(env.items()):
         if name.startswith(PROVIDER_ENV_PREFIX):
             scheme_part, sep, key = name[len(PROVIDER_ENV_PREFIX) :].partition("__")
             if not sep or not scheme_part or not key:
@@ -266,6 +366,7 @@ def load_config(
                 )
             scheme = scheme_part.lower().replace("_", "-")
             providers.setdefault(scheme, {})[key.lower()] = value
+            origins.setdefault(scheme, {})[key.lower()] = f"environment variable {name}"
     return Config(
         path=file,
         profile=chosen or None,
@@ -273,7 +374,18 @@ def load_config(
         context=MappingProxyType(context),
         providers=MappingProxyType({k: MappingProxyType(v) for k, v in providers.items()}),
         allowed_keys=allowed,
+        max_unwrap_attempts=attempts,
+        origins=MappingProxyType({k: MappingProxyType(v) for k, v in origins.items()}),
     )
+
+
+def _attempts_from_env(raw: str) -> int:
+    text = raw.strip()
+    value: Any = int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else raw
+    problem = _attempts_problem(value)
+    if problem:
+        raise ConfigError(f"environment variable {MAX_UNWRAP_ATTEMPTS_ENV}: {problem}")
+    return int(value)
 
 
 def _allowed_keys_problem(value: Any) -> str | None:
@@ -283,19 +395,41 @@ def _allowed_keys_problem(value: Any) -> str | None:
     if not value:
         return "is empty: list at least one key-URI pattern, or leave allowed_keys out"
     for pattern in value:
-        scheme, sep, rest = pattern.partition(":")
-        if not sep or not rest or not re.fullmatch(r"[a-z][a-z0-9+.\-]*", scheme):
-            return (
-                f"{pattern!r} is not a key-URI pattern: it must start with a provider scheme "
-                "and a colon, e.g. 'aws-kms:arn:aws:kms:eu-west-1:111122223333:key/*'"
-            )
-        literal = re.split(r"[*?\[]", rest, maxsplit=1)[0]  # the part before any wildcard
-        if literal != rest and _host_left_open(literal):
-            return (
-                f"{pattern!r}: spell the URL's host out and end it with '/' before any "
-                "wildcard (a wildcard in or right after a host also matches other hosts, e.g. "
-                "'vault.azure.net*' matches 'vault.azure.net.attacker.example')"
-            )
+        problem = _pattern_problem(pattern)
+        if problem:
+            return problem
+    return None
+
+
+def _pattern_problem(pattern: str) -> str | None:
+    """Why one pattern could match keys its writer did not mean, or None if it cannot."""
+    scheme, sep, rest = pattern.partition(":")
+    if not sep or not rest or not re.fullmatch(r"[a-z][a-z0-9+.\-]*", scheme):
+        return (
+            f"{pattern!r} is not a key-URI pattern: it must start with a provider scheme "
+            "and a colon, e.g. 'aws-kms:arn:aws:kms:eu-west-1:111122223333:key/*'"
+        )
+    literal = re.split(r"[*?\[]", rest, maxsplit=1)[0]  # the part before any wildcard
+    if literal == rest or rest == "*":
+        return None  # no wildcard, or exactly SCHEME:* (every key of one provider, by choice)
+    if not literal:
+        return (
+            f"{pattern!r}: a pattern may not start with a wildcard: spell out the start of "
+            f"the key URI (its host, its account), or write exactly '{scheme}:*' to allow "
+            "every key of the provider"
+        )
+    if _host_left_open(literal):
+        return (
+            f"{pattern!r}: spell the URL's host out and end it with '/' before any "
+            "wildcard (a wildcard in or right after a host also matches other hosts, e.g. "
+            "'vault.azure.net*' matches 'vault.azure.net.attacker.example')"
+        )
+    if _account_left_open(literal):
+        return (
+            f"{pattern!r}: spell the ARN out up to and including the account id and the ':' "
+            "after it before any wildcard (e.g. 'arn:aws:kms:eu-west-1:111122223333:key/*'; "
+            "a wildcard in or before an account id also matches other accounts)"
+        )
     return None
 
 
@@ -306,10 +440,21 @@ def _host_left_open(literal: str) -> bool:
     return bool(literal) and any(p.startswith(literal) for p in ("https://", "http://"))
 
 
-def check_allowed_keys(patterns: Sequence[str]) -> tuple[str, ...]:
-    """Validate ``allowed_keys`` patterns given in code; ``ConfigError`` says what is wrong."""
+def _account_left_open(literal: str) -> bool:
+    """Whether a wildcard right after ``literal`` could still choose an ARN's account id
+    (``arn:PARTITION:SERVICE:REGION:ACCOUNT:…``: the account ends at the fifth ':')."""
+    if literal.startswith("arn:"):
+        return literal.count(":") < 5
+    return "arn:".startswith(literal)
+
+
+def check_allowed_keys(patterns: Sequence[str], *, source: str = "allowed_keys") -> tuple[str, ...]:
+    """Validate key-URI patterns given in code or on the command line (``source`` names them
+    in the error, e.g. ``"--allow"``); ``ConfigError`` says what is wrong."""
+    if isinstance(patterns, str):
+        raise TypeError(f"{source} must be a list of key-URI patterns, not one string")
     value = list(patterns)
     problem = _allowed_keys_problem(value)
     if problem:
-        raise ConfigError(f"allowed_keys {problem}")
+        raise ConfigError(f"{source} {problem}")
     return tuple(value)

@@ -20,7 +20,7 @@ from .armor import (
     to_compact,
 )
 from .cache import DataKeyCache
-from .config import Config, check_allowed_keys, load_config
+from .config import MAX_UNWRAP_ATTEMPTS_RANGE, Config, check_allowed_keys, load_config
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -57,14 +57,13 @@ from .stream import (
     payload_length,
     tell_or_none,
 )
-from .trust import DEFAULT_MAX_UNWRAP_ATTEMPTS, LruCache, TrustPolicy
+from .trust import LruCache, TrustPolicy
 
 __all__ = ["Engine", "EnvelopeInfo", "Recipient"]
 
 Recipient = str | KeyEncryptionKey
 MAX_WRAP_THREADS = 8
 KEK_CACHE_SIZE = 256  # opened KEKs kept per engine (LRU): bounded whatever envelopes name
-MAX_UNWRAP_ATTEMPTS_LIMIT = 64
 Progress = Callable[[int], None]
 
 
@@ -146,7 +145,7 @@ class Engine:
         if isinstance(trusted_keys, str):
             raise TypeError("trusted_keys must be a list of key URIs, not one string")
         self._allowed = None if allowed_keys is None else check_allowed_keys(allowed_keys)
-        self._allow = check_allowed_keys(allow) if allow else ()
+        self._allow = check_allowed_keys(allow, source="allow") if allow else ()
         self._trusted = tuple(trusted_keys)
         for uri in self._trusted:
             try:
@@ -189,8 +188,7 @@ class Engine:
         """Provider unwrap calls one envelope may cause."""
         if self._max_attempts is not None:
             return self._max_attempts
-        configured = getattr(self.config, "max_unwrap_attempts", None)
-        return DEFAULT_MAX_UNWRAP_ATTEMPTS if configured is None else int(configured)
+        return self.config.max_unwrap_attempts
 
     @property
     def trust(self) -> TrustPolicy:
@@ -520,8 +518,9 @@ class Engine:
 def _check_attempts(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError("max_unwrap_attempts must be an integer")
-    if not 1 <= value <= MAX_UNWRAP_ATTEMPTS_LIMIT:
-        raise ConfigError(f"max_unwrap_attempts must be 1..{MAX_UNWRAP_ATTEMPTS_LIMIT}")
+    low, high = MAX_UNWRAP_ATTEMPTS_RANGE
+    if not low <= value <= high:
+        raise ConfigError(f"max_unwrap_attempts must be {low}..{high}")
     return value
 
 

@@ -6,6 +6,10 @@ exactly like third-party ones. Two environment variables control what loads:
 * ``KMSENVELOPE_PLUGINS`` -- if set, a comma-separated allow-list of entry-point names;
   only those load (empty string: none).
 * ``KMSENVELOPE_BLOCK_PLUGINS`` -- a comma-separated list of entry-point names never loaded.
+
+A provider may declare its settings (``register(scheme, factory, schema=SettingsSchema(…))``, see
+:mod:`kmsenvelope.settings`): the registry then refuses unknown or mistyped settings before the
+factory runs, and ``config show`` prints only the settings declared non-secret.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import pluggy
 
 from .errors import PluginError, UnknownSchemeError
 from .kek import KeyEncryptionKey, ProviderFactory, scheme_of
+from .settings import SettingsSchema
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -42,7 +47,15 @@ BLOCK_ENV = "KMSENVELOPE_BLOCK_PLUGINS"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-RegisterProvider = Callable[[str, ProviderFactory], None]
+
+class RegisterProvider(Protocol):
+    """``register(scheme, factory, schema=None)``: what ``kmsenvelope_register_providers`` gets."""
+
+    def __call__(
+        self, scheme: str, factory: ProviderFactory, /, *, schema: SettingsSchema | None = None
+    ) -> None: ...
+
+
 KeyCreator = Callable[[str, Mapping[str, Any], str], str]
 """``creator(uri, settings, key_type) -> uri``: make the key ``uri`` names; return its URI."""
 RegisterKeyCreator = Callable[[str, KeyCreator], None]
@@ -53,7 +66,8 @@ class _Hookspecs:
 
     @hookspec
     def kmsenvelope_register_providers(self, register: RegisterProvider) -> None:
-        """Call ``register(scheme, factory)`` once per URI scheme this plugin provides."""
+        """Call ``register(scheme, factory)`` once per URI scheme this plugin provides
+        (``schema=`` its :class:`~kmsenvelope.settings.SettingsSchema`, if it declares one)."""
 
     @hookspec
     def kmsenvelope_register_key_creators(self, register: RegisterKeyCreator) -> None:
@@ -70,6 +84,7 @@ class ProviderInfo:
     distribution: str
     version: str
     factory: ProviderFactory
+    schema: SettingsSchema | None = None
 
 
 def _names_from_env(var: str) -> set[str] | None:
@@ -148,11 +163,20 @@ class ProviderRegistry:
         others = [p for p in self._pm.get_plugins() if p is not plugin]
         caller = self._pm.subset_hook_caller("kmsenvelope_register_providers", others)
 
-        def register(scheme: str, factory: ProviderFactory) -> None:
+        def register(
+            scheme: str, factory: ProviderFactory, /, *, schema: SettingsSchema | None = None
+        ) -> None:
             if not isinstance(scheme, str) or scheme_of(f"{scheme}:x") != scheme:
                 raise PluginError(f"plugin {name!r} registered an invalid scheme {scheme!r}")
             if not callable(factory):
                 raise PluginError(f"plugin {name!r} registered a non-callable for {scheme!r}")
+            if schema is not None and (
+                not isinstance(schema, SettingsSchema) or schema.scheme != scheme
+            ):
+                raise PluginError(
+                    f"plugin {name!r} registered for {scheme!r} a schema that is not a "
+                    f"SettingsSchema for {scheme!r}"
+                )
             existing = self._providers.get(scheme)
             if existing is not None:
                 raise PluginError(
@@ -160,7 +184,9 @@ class ProviderRegistry:
                     f"({existing.distribution}) and {name!r} ({distribution}); "
                     f"block one with {BLOCK_ENV}"
                 )
-            self._providers[scheme] = ProviderInfo(scheme, name, distribution, version, factory)
+            self._providers[scheme] = ProviderInfo(
+                scheme, name, distribution, version, factory, schema
+            )
 
         def register_creator(scheme: str, creator: KeyCreator) -> None:
             if scheme in self._creators or not callable(creator):
@@ -178,15 +204,27 @@ class ProviderRegistry:
                 f"plugin {name!r} failed while registering providers: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def register(self, scheme: str, factory: ProviderFactory, *, plugin: str = "(in code)") -> None:
-        """Register one factory directly, without a plugin object."""
-        holder = _SingleProvider(scheme, factory)
+    def register(
+        self,
+        scheme: str,
+        factory: ProviderFactory,
+        *,
+        plugin: str = "(in code)",
+        schema: SettingsSchema | None = None,
+    ) -> None:
+        """Register one factory (and optionally its settings schema) without a plugin object."""
+        holder = _SingleProvider(scheme, factory, schema)
         self.add_plugin(holder, name=plugin if plugin != "(in code)" else f"(in code:{scheme})")
 
     @property
     def providers(self) -> Mapping[str, ProviderInfo]:
         """Registered providers by scheme."""
         return dict(self._providers)
+
+    @property
+    def schemas(self) -> Mapping[str, SettingsSchema]:
+        """The settings schema of each registered provider that declares one, by scheme."""
+        return {s: i.schema for s, i in self._providers.items() if i.schema is not None}
 
     def key_creator(self, scheme: str) -> KeyCreator:
         """The key creator a plugin registered for ``scheme``, or ``UnknownSchemeError``."""
@@ -215,16 +253,23 @@ class ProviderRegistry:
             scheme = scheme_of(uri)
         except ValueError as exc:
             raise UnknownSchemeError(str(exc)) from None
-        return self.factory_for(scheme)(uri, settings)
+        factory = self.factory_for(scheme)
+        schema = self._providers[scheme].schema
+        if schema is not None:
+            schema.parse(settings)  # unknown or mistyped settings: ConfigError before the factory
+        return factory(uri, settings)
 
 
 class _SingleProvider:
     """Adapter so ``ProviderRegistry.register`` goes through the same hook as plugins."""
 
-    def __init__(self, scheme: str, factory: ProviderFactory) -> None:
+    def __init__(
+        self, scheme: str, factory: ProviderFactory, schema: SettingsSchema | None
+    ) -> None:
         self._scheme = scheme
         self._factory = factory
+        self._schema = schema
 
     @hookimpl
     def kmsenvelope_register_providers(self, register: RegisterProvider) -> None:
-        register(self._scheme, self._factory)
+        register(self._scheme, self._factory, schema=self._schema)

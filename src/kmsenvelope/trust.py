@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from fnmatch import fnmatchcase
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-from .config import check_allowed_keys
+from .config import DEFAULT_MAX_UNWRAP_ATTEMPTS, check_allowed_keys
 from .kek import KeyEncryptionKey, scheme_of
 
 __all__ = [
@@ -30,9 +30,6 @@ __all__ = [
     "LruCache",
     "TrustPolicy",
 ]
-
-DEFAULT_MAX_UNWRAP_ATTEMPTS = 8
-"""Provider unwrap calls one envelope may cause (a hostile one may name 64 recipients)."""
 
 ALWAYS_TRUSTED_SCHEMES = frozenset({"local"})
 """Providers whose every key is the user's own: the local keystore never leaves this host."""
@@ -106,7 +103,7 @@ class TrustPolicy:
         if isinstance(allow, str):
             raise TypeError("allow must be a list of key-URI patterns, not one string")
         self.allowed_keys = None if allowed_keys is None else tuple(allowed_keys)
-        self.allow = check_allowed_keys(allow) if allow else ()
+        self.allow = check_allowed_keys(allow, source="allow") if allow else ()
         self._named: dict[str, None] = {}
         self._lock = threading.Lock()
         for uri in named:

@@ -145,7 +145,9 @@ def test_rsa_envelope_round_trip_over_http(fault_kms, rsa_3072, registry, proxie
     assert fault_kms.count("GetPublicKey") == 1
     assert fault_kms.count("Encrypt") == 0
     fresh = kmsenvelope.Engine(
-        registry=registry, config=kmsenvelope.Config(providers={"aws-kms": proxied})
+        registry=registry,
+        config=kmsenvelope.Config(providers={"aws-kms": proxied}),
+        trusted_keys=[fake.uri],  # the user names the key (as --to or in recipients)
     )
     assert [fresh.decrypt(b, CONTEXT) for b in blobs] == [b"rsa 0", b"rsa 1", b"rsa 2"]
     assert fault_kms.count("Decrypt") == 3
@@ -221,7 +223,7 @@ def test_symmetric_keys_are_not_described_again(make_key, fault_kms, proxied):
 
 @pytest.mark.parametrize("value", [-1, "soon", float("nan"), 86401, True])
 def test_bad_key_cache_ttl_is_a_config_error(value, proxied):
-    with pytest.raises(ConfigError, match=r"\[providers.aws-kms\] key_cache_ttl"):
+    with pytest.raises(ConfigError, match=r"'key_cache_ttl' in \[providers\.aws-kms\]"):
         AwsKmsKey(
             "aws-kms:arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
             {**proxied, "key_cache_ttl": value},

@@ -9,7 +9,7 @@ import pytest
 from kmsenvelope import Config, ConfigError
 from kmsenvelope_azure.errors import permission_hint
 from kmsenvelope_azure.provider import AzureKeyVaultProvider
-from kmsenvelope_azure.settings import AzureSettings, parse_settings
+from kmsenvelope_azure.settings import SETTINGS_SCHEMA, AzureSettings, parse_settings
 from kmsenvelope_azure.uri import KeyUri, parse_key_uri
 
 VERSION = "0123456789abcdef0123456789abcdef"
@@ -117,14 +117,14 @@ def test_strings_from_environment_variables_are_parsed() -> None:
         ({"credential": "certificate", "tenant_id": "t", "client_id": "c"}, "certificate_path"),
         ({"credential": "workload-identity", "tenant_id": "t", "client_id": "c"}, "token_file"),
         ({"disable_instance_discovery": "maybe"}, "true or false"),
-        ({"key_cache_ttl": -1}, ">= 0"),
+        ({"key_cache_ttl": -1}, "number of at least 0"),
         ({"key_cache_ttl": "soon"}, "number"),
-        ({"retry_total": 100}, "between 0 and 20"),
+        ({"retry_total": 100}, "whole number from 0 to 20"),
         ({"retry_total": True}, "whole number"),
         ({"retry_total": 2.5}, "whole number"),
         ({"retry_total": "many"}, "whole number"),
         ({"key_cache_ttl": True}, "number"),
-        ({"additionally_allowed_tenants": 5}, "list of tenant ids"),
+        ({"additionally_allowed_tenants": 5}, "list of strings"),
         ({"algorithm": "A256KW"}, "oct_algorithm"),
         ({"algorithm": "RSA-PSS"}, "unsupported RSA"),
         ({"algorithm": "RSA1_5"}, "allow_rsa1_5"),
@@ -163,12 +163,22 @@ def test_secrets_stay_out_of_reprs_and_redacted_config() -> None:
     )
     assert "hunter2" not in repr(settings)
     assert isinstance(settings, AzureSettings)
-    table = {"client_secret": "hunter2", "certificate_password": "pw", "client_id": "c"}
+    table = {
+        "client_secret": "hunter2",
+        "certificate_password": "pw",
+        "client_id": "c",
+        "connection_string": "Endpoint=sb://x;SharedAccessKey=k",  # undeclared: never shown
+    }
     config = Config(providers={"azure-kv": table})
-    redacted = config.redacted()["providers"]["azure-kv"]
-    assert redacted["client_secret"] == "***"
-    assert redacted["certificate_password"] == "***"
-    assert redacted["client_id"] == "c"
+    redacted = config.redacted({"azure-kv": SETTINGS_SCHEMA})["providers"]["azure-kv"]
+    assert redacted == {
+        "client_secret": "***",
+        "certificate_password": "***",
+        "client_id": "c",
+        "connection_string": "***",
+    }
+    # Without the provider's schema (not installed), nothing of its table is shown.
+    assert set(config.redacted()["providers"]["azure-kv"].values()) == {"***"}
 
 
 def test_permission_hints_name_the_right_roles() -> None:

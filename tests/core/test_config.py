@@ -36,16 +36,30 @@ region = "us-east-1"
 """
 
 
-def test_local_file_is_found_first(
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The config file path, selected through KMSENVELOPE_CONFIG (written by each test)."""
+    path = tmp_path / "conf" / "config.toml"
+    path.parent.mkdir()
+    monkeypatch.setenv("KMSENVELOPE_CONFIG", str(path))
+    return path
+
+
+def test_working_directory_file_is_ignored(
     isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (isolated_env / "kmsenvelope.toml").write_text(GOOD)
+    (isolated_env / "kmsenvelope.toml").write_text(
+        'recipients = ["aws-kms:alias/attacker"]\n[providers.pkcs11]\nmodule = "./evil.so"\n'
+    )
+    assert load_config().path is None  # not even without any other configuration
+    assert load_config().recipients == ()
     other = tmp_path / "other.toml"
     other.write_text('recipients = ["local:other"]\n')
     monkeypatch.setenv("KMSENVELOPE_CONFIG", str(other))
     cfg = load_config()
-    assert cfg.path == (isolated_env / "kmsenvelope.toml").resolve()
-    assert cfg.recipients == ("local:payments",)
+    assert cfg.path == other
+    assert cfg.recipients == ("local:other",)
+    assert "pkcs11" not in cfg.providers
 
 
 def test_env_file_then_user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,8 +77,8 @@ def test_env_file_then_user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         load_config()
 
 
-def test_profile_overrides(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (isolated_env / "kmsenvelope.toml").write_text(GOOD)
+def test_profile_overrides(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_file.write_text(GOOD)
     base = load_config()
     assert base.provider_settings("aws-kms")["region"] == "eu-west-1"
     assert dict(base.context) == {"app": "billing"}
@@ -79,8 +93,8 @@ def test_profile_overrides(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) 
         load_config(profile="nope")
 
 
-def test_environment_overrides(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (isolated_env / "kmsenvelope.toml").write_text(GOOD)
+def test_environment_overrides(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_file.write_text(GOOD)
     monkeypatch.setenv("KMSENVELOPE_RECIPIENTS", "local:a, local:b")
     monkeypatch.setenv("KMSENVELOPE_KEYSTORE", "/elsewhere")
     monkeypatch.setenv("KMSENVELOPE_PROVIDERS__AWS_KMS__REGION", "ap-south-1")
@@ -107,27 +121,26 @@ def test_environment_overrides(isolated_env: Path, monkeypatch: pytest.MonkeyPat
     ],
 )
 def test_bad_config_names_file_line_and_key(
-    isolated_env: Path, text: str, line: int | None, key: str
+    config_file: Path, text: str, line: int | None, key: str
 ) -> None:
-    path = isolated_env / "kmsenvelope.toml"
-    path.write_text(text)
+    config_file.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_config(profile="p" if "profiles.p" in text else None)
     message = str(info.value)
-    assert str(path.resolve()) in message
+    assert str(config_file) in message
     assert f"'{key}'" in message
     if line is not None:
         assert f":{line}:" in message
 
 
-def test_toml_syntax_error_names_line(isolated_env: Path) -> None:
-    (isolated_env / "kmsenvelope.toml").write_text('recipients = ["a"]\n[providers\n')
-    with pytest.raises(ConfigError, match=r"kmsenvelope.toml: invalid TOML: .*line 2"):
+def test_toml_syntax_error_names_line(config_file: Path) -> None:
+    config_file.write_text('recipients = ["a"]\n[providers\n')
+    with pytest.raises(ConfigError, match=r"config.toml: invalid TOML: .*line 2"):
         load_config()
 
 
-def test_config_show_redacts_secrets(isolated_env: Path) -> None:
-    (isolated_env / "kmsenvelope.toml").write_text(
+def test_config_show_redacts_secrets(isolated_env: Path, config_file: Path) -> None:
+    config_file.write_text(
         GOOD + '\n[providers.pkcs11]\npin = "1234"\nmodule = "/lib/x.so"\n'
         '[providers.azure-kv]\nclient_secret = "s3cr3t"\n'
     )
@@ -137,6 +150,7 @@ def test_config_show_redacts_secrets(isolated_env: Path) -> None:
         text=True,
         timeout=60,
         cwd=isolated_env,
+        env={**os.environ, "KMSENVELOPE_PLUGINS": "local,pkcs11,aws-kms"},
     )
     assert out.returncode == 0, out.stderr
     assert "1234" not in out.stdout
@@ -145,11 +159,13 @@ def test_config_show_redacts_secrets(isolated_env: Path) -> None:
     shown = json.loads(out.stdout)
     assert shown["providers"]["pkcs11"] == {"pin": "***", "module": "/lib/x.so"}
     assert shown["providers"]["aws-kms"]["region"] == "eu-west-1"
+    assert shown["providers"]["aws-kms"]["secret_access_key"] == "***"  # undeclared
+    assert shown["providers"]["azure-kv"] == {"client_secret": "***"}  # not installed
     assert shown["recipients"] == ["local:payments"]
 
 
-def test_cli_bad_config_is_one_line(isolated_env: Path) -> None:
-    (isolated_env / "kmsenvelope.toml").write_text('recipent = ["local:x"]\n')
+def test_cli_bad_config_is_one_line(isolated_env: Path, config_file: Path) -> None:
+    config_file.write_text('recipent = ["local:x"]\n')
     out = subprocess.run(
         [sys.executable, "-m", "kmsenvelope", "config", "show"],
         capture_output=True,
@@ -160,7 +176,7 @@ def test_cli_bad_config_is_one_line(isolated_env: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1
     assert "Traceback" not in out.stderr
-    assert "kmsenvelope.toml:1: key 'recipent': unknown key" in out.stderr
+    assert "config.toml:1: key 'recipent': unknown key (did you mean 'recipients'?)" in out.stderr
 
 
 def test_config_repr_redacts_secrets() -> None:
@@ -175,4 +191,5 @@ def test_config_repr_redacts_secrets() -> None:
     text = repr(cfg)
     assert "1234" not in text
     assert "S3cr3t" not in text
-    assert "label" in text
+    assert "label" not in text  # the repr knows no provider schema: nothing of theirs is shown
+    assert "'token': '***'" in text

@@ -159,7 +159,11 @@ def test_third_party_plugin_listed_and_used_by_cli(tmp_path: Path) -> None:
     keyfile = tmp_path / "keys.json"
     keyfile.write_text(json.dumps({"k1": os.urandom(32).hex()}))
     (tmp_path / "kmsenvelope.toml").write_text(f'[providers.example]\nkeyfile = "{keyfile}"\n')
-    env = {**os.environ, "KMSENVELOPE_PLUGINS": "local,example"}
+    env = {
+        **os.environ,
+        "KMSENVELOPE_PLUGINS": "local,example",
+        "KMSENVELOPE_CONFIG": str(tmp_path / "kmsenvelope.toml"),
+    }
     listed = _cli(["providers", "--json"], env, tmp_path)
     assert listed.returncode == 0, listed.stderr
     rows = {r["scheme"]: r for r in json.loads(listed.stdout)}
@@ -168,7 +172,11 @@ def test_third_party_plugin_listed_and_used_by_cli(tmp_path: Path) -> None:
     (tmp_path / "plain").write_bytes(b"third party")
     enc = _cli(["encrypt", "-i", "plain", "-o", "env", "--to", "example:k1"], env, tmp_path)
     assert enc.returncode == 0, enc.stderr
-    dec = _cli(["decrypt", "-i", "env", "-o", "back"], env, tmp_path)
+    # Strict by default: the envelope's key is contacted once the user allows it.
+    refused = _cli(["decrypt", "-i", "env", "-o", "back"], env, tmp_path)
+    assert refused.returncode == 4
+    assert "--allow 'example:k1'" in refused.stderr
+    dec = _cli(["decrypt", "-i", "env", "-o", "back", "--allow", "example:*"], env, tmp_path)
     assert dec.returncode == 0, dec.stderr
     assert (tmp_path / "back").read_bytes() == b"third party"
     # Blocked: the scheme is unknown and the envelope cannot be opened.

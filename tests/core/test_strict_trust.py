@@ -18,11 +18,11 @@ import pytest
 
 import kmsenvelope
 from kmsenvelope import Config, ConfigError, Engine, NoRecipientError, ProviderRegistry
+from kmsenvelope.config import DEFAULT_MAX_UNWRAP_ATTEMPTS
 from kmsenvelope.errors import MalformedEnvelopeError, UnwrapError
 from kmsenvelope.kek import WrappedKey
 from kmsenvelope.local import Keystore
 from kmsenvelope.memory import InMemoryKEK
-from kmsenvelope.trust import DEFAULT_MAX_UNWRAP_ATTEMPTS
 
 
 class Service:

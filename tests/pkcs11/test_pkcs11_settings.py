@@ -58,8 +58,11 @@ def test_no_pin_is_a_config_error():
 
 
 def test_unknown_setting_is_rejected():
-    with pytest.raises(ConfigError, match=r"unknown setting.*'oaep-hash'.*allowed"):
+    with pytest.raises(ConfigError) as info:
         load_settings({"module": MOD, "pin": "1", "oaep-hash": "sha1"}, env={})
+    assert str(info.value) == (
+        "unknown setting 'oaep-hash' in [providers.pkcs11] (did you mean 'oaep_hash'?)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -71,7 +74,7 @@ def test_unknown_setting_is_rejected():
         ({"kwp_mechanism": "wrap-it"}, "'kwp_mechanism'.*0x210A"),
         ({"kwp_mechanism": 0x1081}, "not an AES key-wrap-with-padding mechanism"),
         ({"kwp_mechanism": True}, "'kwp_mechanism'"),
-        ({"max_sessions": 0}, "'max_sessions'.*1..64"),
+        ({"max_sessions": 0}, "'max_sessions'.*from 1 to 64"),
         ({"token": ""}, "'token'.*non-empty string"),
         ({"pin": ""}, "'pin'.*non-empty string"),
     ],
@@ -156,3 +159,46 @@ def test_cloudhsm_bad_credentials(settings, env, match):
     with pytest.raises(ConfigError, match=match) as info:
         load_settings(settings, CLOUDHSM, env=env)
     assert "no-colon-here" not in str(info.value)
+
+
+# -- code-loading settings take absolute paths only ----------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["./evil.so", "evil.so", "lib/../evil.so"])
+def test_relative_module_is_refused(module):
+    with pytest.raises(ConfigError) as info:
+        load_settings({"module": module, "pin": "1"}, env={})
+    assert str(info.value).startswith(
+        "setting 'module' in [providers.pkcs11] must be an absolute path: it names code to load"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, env={"KMSENVELOPE_PKCS11_MODULE": module, "KMSENVELOPE_PKCS11_PIN": "1"})
+    assert str(info.value).startswith(
+        "environment variable KMSENVELOPE_PKCS11_MODULE: setting 'module' in [providers.pkcs11] "
+        "must be an absolute path"
+    )
+    with pytest.raises(ConfigError, match="must be an absolute path"):
+        load_settings({"module": module}, CLOUDHSM, env={"CLOUDHSM_PIN": "cu:pw"})
+
+
+def test_module_under_home_is_absolute(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s = load_settings({"module": "~/lib/libsofthsm2.so", "pin": "1"}, env={})
+    assert s.module == str(tmp_path / "lib" / "libsofthsm2.so")
+
+
+def test_schemas_are_declared_and_errors_name_the_config_line(tmp_path):
+    from kmsenvelope import load_config
+    from kmsenvelope_pkcs11.settings import PKCS11
+
+    assert PKCS11.schema.get("module").loads_code
+    assert PKCS11.schema.get("pin").secret
+    assert CLOUDHSM.schema.get("password").secret
+    assert not CLOUDHSM.schema.get("user").secret
+    path = tmp_path / "config.toml"
+    path.write_text('[providers.pkcs11]\nmodule = "./evil.so"\npin = "1"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(load_config(path, env={}).provider_settings("pkcs11"), env={})
+    assert str(info.value).startswith(f"{path}:2: setting 'module' in [providers.pkcs11] must be")
+    with pytest.raises(ConfigError, match=r"unknown setting 'usr' .*did you mean 'user'"):
+        load_settings({"usr": "cu", "password": "pw"}, CLOUDHSM, env={})

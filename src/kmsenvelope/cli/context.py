@@ -74,12 +74,7 @@ class CliContext:
     def allow_patterns(self) -> tuple[str, ...]:
         """``--allow PATTERN`` values: more keys decryption may contact (validated)."""
         patterns = tuple(getattr(self.args, "allow", None) or ())
-        if patterns:
-            try:
-                check_allowed_keys(patterns)
-            except ConfigError as exc:
-                raise ConfigError(f"--allow: {str(exc).removeprefix('allowed_keys ')}") from None
-        return patterns
+        return check_allowed_keys(patterns, source="--allow") if patterns else ()
 
     @property
     def named_keys(self) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ import kmsenvelope
 from kmsenvelope.plugins import RegisterProvider
 
 from .key_uri import SCHEME
+from .settings import SETTINGS_SCHEMA
 
 if TYPE_CHECKING:
     from .kek import AwsKmsKey
@@ -30,5 +31,5 @@ def open_key(uri: str, settings: Mapping[str, Any], /) -> AwsKmsKey:
 
 @kmsenvelope.hookimpl
 def kmsenvelope_register_providers(register: RegisterProvider) -> None:
-    """Register the ``aws-kms`` scheme."""
-    register(SCHEME, open_key)
+    """Register the ``aws-kms`` scheme, with its settings schema."""
+    register(SCHEME, open_key, schema=SETTINGS_SCHEMA)

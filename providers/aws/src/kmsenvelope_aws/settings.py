@@ -15,67 +15,77 @@ shared config and credentials files, ``AWS_ENDPOINT_URL_KMS``, instance/role cre
     allow_http = false            # plain-HTTP endpoints other than loopback (emulators only)
     key_cache_ttl = 30.0          # seconds an RSA key's state is trusted for local wraps
 
-Values may also be strings (``KMSENVELOPE_PROVIDERS__AWS_KMS__MAX_ATTEMPTS=3``).
+Values may also be strings (``KMSENVELOPE_PROVIDERS__AWS_KMS__MAX_ATTEMPTS=3``). The settings
+are declared once in ``SETTINGS_SCHEMA`` and checked by the core's rules
+(:mod:`kmsenvelope.settings`). The region is the ``region`` setting, else ``AWS_REGION``, else
+what boto3 finds (``AWS_DEFAULT_REGION``, the profile's region): boto3 itself does not read
+``AWS_REGION``.
 """
 
 from __future__ import annotations
 
-import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kmsenvelope.errors import ConfigError
+from kmsenvelope.settings import Setting, SettingsSchema
 
-__all__ = ["ProviderSettings"]
+__all__ = ["SETTINGS_SCHEMA", "ProviderSettings"]
 
-_TABLE = "[providers.aws-kms]"
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
+REGION_ENV = "AWS_REGION"
 
-
-def _fail(key: str, problem: str, value: Any) -> ConfigError:
-    return ConfigError(f"{_TABLE} {key}: {problem}, got {value!r}")
-
-
-def _text(key: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(key, "must be a non-empty string", value)
-    return value.strip()
-
-
-def _int(key: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _fail(key, f"must be an integer from {low} to {high}", value)
-    return value
-
-
-def _float(key: str, value: Any, low: float, high: float, *, allow_low: bool) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise _fail(key, "must be a number of seconds", value) from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(key, "must be a number of seconds", value)
-    number = float(value)
-    above_low = low <= number if allow_low else low < number
-    if not (math.isfinite(number) and above_low and number <= high):
-        bound = "at least" if allow_low else "more than"
-        raise _fail(key, f"must be {bound} {low:g} and at most {high:g} seconds", value)
-    return number
-
-
-def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise _fail(key, "must be true or false", value)
+SETTINGS_SCHEMA = SettingsSchema(
+    "aws-kms",
+    (
+        Setting("region", "string", help="region for key ids and aliases (an ARN's region wins)"),
+        Setting("profile", "string", help="a profile of ~/.aws/config"),
+        Setting("endpoint_url", "string", help="KMS endpoint (https://; VPC endpoint, emulator)"),
+        Setting(
+            "max_attempts",
+            "integer",
+            5,
+            minimum=1,
+            maximum=20,
+            help="attempts per call, including the first (1 = no retries)",
+        ),
+        Setting(
+            "connect_timeout",
+            "number",
+            5.0,
+            minimum=0,
+            maximum=300,
+            exclusive_minimum=True,
+            help="seconds",
+        ),
+        Setting(
+            "read_timeout",
+            "number",
+            15.0,
+            minimum=0,
+            maximum=300,
+            exclusive_minimum=True,
+            help="seconds",
+        ),
+        Setting("backoff_base", "number", 0.1, minimum=0, maximum=60, help="seconds"),
+        Setting("backoff_max", "number", 5.0, minimum=0, maximum=300, help="seconds"),
+        Setting(
+            "allow_http",
+            "boolean",
+            False,
+            help="allow plain-HTTP endpoints other than loopback (emulators only)",
+        ),
+        Setting(
+            "key_cache_ttl",
+            "number",
+            30.0,
+            minimum=0,
+            maximum=86400,
+            help="seconds an RSA key's state is trusted for local wraps",
+        ),
+    ),
+)
+"""The ``[providers.aws-kms]`` settings, declared once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,54 +106,36 @@ class ProviderSettings:
     key_cache_ttl: float = 30.0
 
     @classmethod
-    def from_mapping(cls, settings: Mapping[str, Any]) -> ProviderSettings:
-        """Validate a settings table; unknown keys are an error (they are usually typos)."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ConfigError(
-                f"{_TABLE}: unknown setting {unknown[0]!r} (allowed: {', '.join(sorted(known))})"
-            )
-        defaults = cls()
-        get = settings.get
-        endpoint = _text("endpoint_url", get("endpoint_url"))
+    def from_mapping(
+        cls, settings: Mapping[str, Any], env: Mapping[str, str] | None = None
+    ) -> ProviderSettings:
+        """Validate a settings table; unknown keys are an error (they are usually typos).
+
+        Without a ``region`` setting, ``AWS_REGION`` from ``env`` (default ``os.environ``)
+        gives the region; failing both, the client's own chain decides later.
+        """
+        env = os.environ if env is None else env
+        values = SETTINGS_SCHEMA.parse(settings)
+        endpoint = values["endpoint_url"]
         if endpoint is not None and not endpoint.lower().startswith(("https://", "http://")):
-            raise _fail("endpoint_url", "must be an http(s):// URL", endpoint)
-        base = _float(
-            "backoff_base", get("backoff_base", defaults.backoff_base), 0.0, 60.0, allow_low=True
-        )
-        cap = _float(
-            "backoff_max", get("backoff_max", defaults.backoff_max), 0.0, 300.0, allow_low=True
-        )
+            raise values.error("endpoint_url", f"must be an http(s):// URL, not {endpoint!r}")
+        base, cap = values["backoff_base"], values["backoff_max"]
         if cap < base:
-            raise _fail("backoff_max", f"must not be less than backoff_base ({base:g})", cap)
+            raise values.error("backoff_max", f"must not be less than backoff_base ({base:g})")
+        region = values["region"]
+        if region is None and env.get(REGION_ENV, "").strip():
+            region = SETTINGS_SCHEMA.parse_value(
+                "region", env[REGION_ENV], f"environment variable {REGION_ENV}"
+            )
         return cls(
-            region=_text("region", get("region")),
-            profile=_text("profile", get("profile")),
+            region=region,
+            profile=values["profile"],
             endpoint_url=endpoint,
-            max_attempts=_int("max_attempts", get("max_attempts", defaults.max_attempts), 1, 20),
-            connect_timeout=_float(
-                "connect_timeout",
-                get("connect_timeout", defaults.connect_timeout),
-                0.0,
-                300.0,
-                allow_low=False,
-            ),
-            read_timeout=_float(
-                "read_timeout",
-                get("read_timeout", defaults.read_timeout),
-                0.0,
-                300.0,
-                allow_low=False,
-            ),
+            max_attempts=values["max_attempts"],
+            connect_timeout=values["connect_timeout"],
+            read_timeout=values["read_timeout"],
             backoff_base=base,
             backoff_max=cap,
-            allow_http=_bool("allow_http", get("allow_http", defaults.allow_http)),
-            key_cache_ttl=_float(
-                "key_cache_ttl",
-                get("key_cache_ttl", defaults.key_cache_ttl),
-                0.0,
-                86400.0,
-                allow_low=True,
-            ),
+            allow_http=values["allow_http"],
+            key_cache_ttl=values["key_cache_ttl"],
         )

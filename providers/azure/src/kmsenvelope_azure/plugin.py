@@ -15,6 +15,7 @@ import kmsenvelope
 from kmsenvelope.kek import KeyEncryptionKey
 from kmsenvelope.plugins import RegisterProvider
 
+from .settings import SETTINGS_SCHEMA
 from .uri import SCHEME
 
 if TYPE_CHECKING:
@@ -40,5 +41,5 @@ def open_key(uri: str, settings: Mapping[str, Any], /) -> KeyEncryptionKey:
 
 @kmsenvelope.hookimpl
 def kmsenvelope_register_providers(register: RegisterProvider) -> None:
-    """Register the ``azure-kv`` scheme."""
-    register(SCHEME, open_key)
+    """Register the ``azure-kv`` scheme, with its settings schema."""
+    register(SCHEME, open_key, schema=SETTINGS_SCHEMA)

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kmsenvelope.errors import ConfigError
+from kmsenvelope.settings import Setting
 
 from .settings import Preset
 
@@ -94,6 +95,9 @@ CLOUDHSM = Preset(
     module_env=None,
     kwp_mechanism=CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD,
     gcm_iv="hsm",
-    extra_keys=frozenset({"user", "password"}),
+    extra_settings=(
+        Setting("user", "string", help="crypto user (CU) name; with 'password'"),
+        Setting("password", "string", secret=True, help="the crypto user's password"),
+    ),
     credentials=credentials,
 )

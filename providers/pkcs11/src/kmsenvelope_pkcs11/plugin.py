@@ -8,17 +8,19 @@ from typing import Any
 import kmsenvelope
 from kmsenvelope.plugins import RegisterKeyCreator, RegisterProvider
 
+from .cloudhsm import CLOUDHSM
 from .factory import cloudhsm_factory, pkcs11_factory
 from .keys import create_key_at
+from .settings import PKCS11
 
 __all__ = ["kmsenvelope_register_key_creators", "kmsenvelope_register_providers"]
 
 
 @kmsenvelope.hookimpl
 def kmsenvelope_register_providers(register: RegisterProvider) -> None:
-    """Register the PKCS#11 provider and its AWS CloudHSM preset."""
-    register("pkcs11", pkcs11_factory)
-    register("aws-cloudhsm", cloudhsm_factory)
+    """Register the PKCS#11 provider and its AWS CloudHSM preset, with their settings schemas."""
+    register("pkcs11", pkcs11_factory, schema=PKCS11.schema)
+    register("aws-cloudhsm", cloudhsm_factory, schema=CLOUDHSM.schema)
 
 
 def _create(uri: str, settings: Mapping[str, Any], key_type: str) -> str:

@@ -12,7 +12,10 @@
     gcm_iv = "host"              # "host": random IV from the host; "hsm": the HSM picks it
     max_sessions = 4             # pooled sessions per token
 
-Every problem is a ``ConfigError`` naming the setting. The PIN is never shown.
+The settings are declared once per scheme (``Preset.schema``, a
+:class:`kmsenvelope.settings.SettingsSchema`) and checked by the core's rules. ``module`` loads
+code, so it (and ``KMSENVELOPE_PKCS11_MODULE``) must be an absolute path. Every problem is a
+``ConfigError`` naming the setting. The PIN is never shown.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from kmsenvelope.errors import ConfigError
+from kmsenvelope.settings import ParsedSettings, Setting, SettingsSchema
 
 from .mechanisms import KWP_MECHANISMS, OAEP_HASHES, is_kwp_mechanism
 
-__all__ = ["AesMode", "GcmIv", "Pkcs11Settings", "Preset", "load_settings"]
+__all__ = ["COMMON_SETTINGS", "AesMode", "GcmIv", "Pkcs11Settings", "Preset", "load_settings"]
 
 AesMode = Literal["gcm", "kwp"]
 GcmIv = Literal["host", "hsm"]
@@ -34,18 +38,28 @@ GcmIv = Literal["host", "hsm"]
 MODULE_ENV = "KMSENVELOPE_PKCS11_MODULE"
 PIN_ENV = "KMSENVELOPE_PKCS11_PIN"
 
-_COMMON_KEYS = frozenset(
-    {
+COMMON_SETTINGS: tuple[Setting, ...] = (
+    Setting(
         "module",
-        "pin",
-        "token",
+        "path",
+        loads_code=True,
+        help="the PKCS#11 library (absolute path; or KMSENVELOPE_PKCS11_MODULE)",
+    ),
+    Setting("pin", "string", secret=True, help="user PIN (better: KMSENVELOPE_PKCS11_PIN)"),
+    Setting("token", "string", help="token label used when a URI has no token= attribute"),
+    Setting(
         "aes_mechanism",
-        "kwp_mechanism",
-        "oaep_hash",
-        "gcm_iv",
-        "max_sessions",
-    }
+        "string",
+        "gcm",
+        choices=("gcm", "kwp"),
+        help="AES-GCM (context as AAD) or RFC 5649 key wrap",
+    ),
+    Setting("kwp_mechanism", "any", help="CKM_* number or name of AES key wrap with padding"),
+    Setting("oaep_hash", "string", "sha256", choices=tuple(OAEP_HASHES), help="RSA-OAEP hash"),
+    Setting("gcm_iv", "string", choices=("host", "hsm"), help="who picks AES-GCM IVs"),
+    Setting("max_sessions", "integer", 4, minimum=1, maximum=64, help="pooled sessions per token"),
 )
+"""The settings every PKCS#11 scheme takes (a preset may add its own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +71,16 @@ class Preset:
     module_env: str | None = MODULE_ENV
     kwp_mechanism: int = 0x210A
     gcm_iv: GcmIv = "host"
-    extra_keys: frozenset[str] = frozenset()
+    extra_settings: tuple[Setting, ...] = ()
     # (settings, env) -> (pin, where it came from) or None; the default reads 'pin' / PIN_ENV.
     credentials: Callable[[Mapping[str, Any], Mapping[str, str]], tuple[str, str] | None] | None = (
         None
     )
+
+    @property
+    def schema(self) -> SettingsSchema:
+        """The ``[providers.SCHEME]`` settings of this scheme, declared once."""
+        return SettingsSchema(self.scheme, COMMON_SETTINGS + self.extra_settings)
 
 
 PKCS11 = Preset("pkcs11")
@@ -96,36 +115,13 @@ class Pkcs11Settings:
         )
 
 
-def _str(settings: Mapping[str, Any], name: str, scheme: str) -> str | None:
-    value = settings.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"'{name}' in [providers.{scheme}] must be a non-empty string")
-    return value
-
-
-def _choice(
-    settings: Mapping[str, Any], name: str, scheme: str, allowed: tuple[str, ...], default: str
-) -> str:
-    value = _str(settings, name, scheme)
+def _kwp_mechanism(values: ParsedSettings, default: int) -> int:
+    value = values["kwp_mechanism"]
     if value is None:
         return default
-    lowered = value.lower().replace("-", "")
-    if lowered not in allowed:
-        raise ConfigError(
-            f"'{name}' in [providers.{scheme}] is {value!r}; expected one of: {', '.join(allowed)}"
-        )
-    return lowered
-
-
-def _kwp_mechanism(value: Any, scheme: str, default: int) -> int:
-    if value is None:
-        return default
-    where = f"'kwp_mechanism' in [providers.{scheme}]"
     number: int
     if isinstance(value, bool):
-        raise ConfigError(f"{where} must be a CKM_* number such as 0x210A")
+        raise values.error("kwp_mechanism", "must be a CKM_* number such as 0x210A")
     if isinstance(value, int):
         number = value
     elif isinstance(value, str):
@@ -136,40 +132,28 @@ def _kwp_mechanism(value: Any, scheme: str, default: int) -> int:
             try:
                 number = int(value.strip(), 0)
             except ValueError:
-                raise ConfigError(
-                    f"{where} is {value!r}; expected a number such as 0x210A or one of "
-                    f"{', '.join(sorted(KWP_MECHANISMS))}"
+                raise values.error(
+                    "kwp_mechanism",
+                    f"is {value!r}; expected a number such as 0x210A or one of "
+                    f"{', '.join(sorted(KWP_MECHANISMS))}",
                 ) from None
     else:
-        raise ConfigError(f"{where} must be a CKM_* number such as 0x210A")
+        raise values.error("kwp_mechanism", "must be a CKM_* number such as 0x210A")
     if not is_kwp_mechanism(number):
-        raise ConfigError(
-            f"{where} is {number:#x}, which is not an AES key-wrap-with-padding mechanism "
+        raise values.error(
+            "kwp_mechanism",
+            f"is {number:#x}, which is not an AES key-wrap-with-padding mechanism "
             "(standard: 0x210A CKM_AES_KEY_WRAP_PAD, 0x210B CKM_AES_KEY_WRAP_KWP; or a "
-            "vendor-defined value >= 0x80000000)"
+            "vendor-defined value >= 0x80000000)",
         )
     return number
 
 
-def _max_sessions(value: Any, scheme: str) -> int:
-    if value is None:
-        return 4
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if isinstance(value, bool) or not 1 <= number <= 64:
-        raise ConfigError(f"'max_sessions' in [providers.{scheme}] must be an integer 1..64")
-    return number
-
-
 def _default_credentials(
-    settings: Mapping[str, Any], env: Mapping[str, str], scheme: str
+    values: ParsedSettings, env: Mapping[str, str], scheme: str
 ) -> tuple[str, str] | None:
-    pin = settings.get("pin")
+    pin: str | None = values["pin"]
     if pin is not None:
-        if not isinstance(pin, str) or not pin:
-            raise ConfigError(f"'pin' in [providers.{scheme}] must be a non-empty string")
         return pin, f"setting 'pin' in [providers.{scheme}]"
     if env.get(PIN_ENV):
         return env[PIN_ENV], f"environment variable {PIN_ENV}"
@@ -184,20 +168,14 @@ def load_settings(
     """Validate ``settings`` (the ``[providers.SCHEME]`` table) against ``preset``."""
     env = os.environ if env is None else env
     scheme = preset.scheme
-    if not isinstance(settings, Mapping):
-        raise ConfigError(f"[providers.{scheme}] must be a table of settings")
-    allowed = _COMMON_KEYS | preset.extra_keys
-    unknown = sorted(k for k in settings if k not in allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting(s) {', '.join(map(repr, unknown))} in [providers.{scheme}] "
-            f"(allowed: {', '.join(sorted(allowed))})"
-        )
+    schema = preset.schema
+    values = schema.parse(settings)
 
-    module = _str(settings, "module", scheme)
+    module: str | None = values["module"]
     module_source = f"setting 'module' in [providers.{scheme}]"
     if module is None and preset.module_env and env.get(preset.module_env):
-        module, module_source = env[preset.module_env], f"environment variable {preset.module_env}"
+        module_source = f"environment variable {preset.module_env}"
+        module = schema.parse_value("module", env[preset.module_env], module_source)
     if module is None and preset.module is not None:
         module, module_source = preset.module, f"the {scheme} default"
     if module is None:
@@ -208,9 +186,9 @@ def load_settings(
         )
 
     if preset.credentials is not None:
-        found = preset.credentials(settings, env)
+        found = preset.credentials(values, env)
     else:
-        found = _default_credentials(settings, env, scheme)
+        found = _default_credentials(values, env, scheme)
     if found is None:
         raise ConfigError(
             f"no PIN configured for {scheme}: set {PIN_ENV} (or 'pin' in [providers.{scheme}])"
@@ -223,12 +201,10 @@ def load_settings(
         module_source=module_source,
         pin=pin,
         pin_source=pin_source,
-        token=_str(settings, "token", scheme),
-        aes_mechanism=cast(
-            AesMode, _choice(settings, "aes_mechanism", scheme, ("gcm", "kwp"), "gcm")
-        ),
-        kwp_mechanism=_kwp_mechanism(settings.get("kwp_mechanism"), scheme, preset.kwp_mechanism),
-        oaep_hash=_choice(settings, "oaep_hash", scheme, tuple(OAEP_HASHES), "sha256"),
-        gcm_iv=cast(GcmIv, _choice(settings, "gcm_iv", scheme, ("host", "hsm"), preset.gcm_iv)),
-        max_sessions=_max_sessions(settings.get("max_sessions"), scheme),
+        token=values["token"],
+        aes_mechanism=cast(AesMode, values["aes_mechanism"]),
+        kwp_mechanism=_kwp_mechanism(values, preset.kwp_mechanism),
+        oaep_hash=values["oaep_hash"],
+        gcm_iv=cast(GcmIv, values["gcm_iv"] or preset.gcm_iv),
+        max_sessions=values["max_sessions"],
     )
