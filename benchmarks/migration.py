@@ -78,7 +78,12 @@ def run(envelopes: int, latency_ms: float, concurrency: int) -> float:
     store = MemoryStore(
         {f"k{i:06d}": seed.encrypt(b"x" * 1024, ["slow:old"]) for i in range(envelopes)}
     )
-    engine = GuardedEngine(CallPolicy(per_provider=concurrency), registry=registry, config=Config())
+    engine = GuardedEngine(
+        CallPolicy(per_provider=concurrency),
+        registry=registry,
+        config=Config(),
+        trusted_keys=["slow:old"],
+    )
     start = time.perf_counter()
     report = migrate(
         store, engine, RewrapPlan.of(add=["slow:new"], remove=["slow:old"]), concurrency=concurrency

@@ -28,6 +28,7 @@ def isolated_env(
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
     monkeypatch.setenv("KMSENVELOPE_PLUGINS", "local")
     monkeypatch.chdir(work)
     monkeypatch.setattr(kmsenvelope, "_default", None)

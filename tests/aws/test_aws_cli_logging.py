@@ -31,7 +31,7 @@ def test_verbose_cli_does_not_log_data_keys(moto_url: str, make_key: Any, tmp_pa
 
     enc = cli("encrypt", "-i", "plain", "-o", "env", "--to", f"aws-kms:{arn}")
     assert enc.returncode == 0, enc.stderr
-    dec = cli("decrypt", "-i", "env", "-o", "back")
+    dec = cli("decrypt", "-i", "env", "-o", "back", "--allow", f"aws-kms:{arn}")
     assert dec.returncode == 0, dec.stderr
     assert (tmp_path / "back").read_bytes() == b"logged?"
     for output in (enc.stderr, dec.stderr):

@@ -224,10 +224,12 @@ def test_envelope_for_azure_and_local_opens_with_either_while_the_other_is_down(
         registry.add_plugin(kmsenvelope.local.plugin, name="local")
         registry.register(kmsenvelope_azure.SCHEME, AzureKeyVaultProvider(), plugin="azure")
         providers = {"azure-kv": cloud.settings(**azure), "local": {"keystore": str(keystore_dir)}}
-        return kmsenvelope.Engine(registry=registry, config=Config(providers=providers))
+        return kmsenvelope.Engine(
+            registry=registry, config=Config(providers=providers), trusted_keys=[uri_of(key)]
+        )
 
+    key = cloud.admin(vault).create_rsa_key(unique("multi"), size=2048)  # the user's own key
     try:
-        key = cloud.admin(vault).create_rsa_key(unique("multi"), size=2048)
         blob = engine().encrypt(b"two recipients", [uri_of(key), "local:payments"], CONTEXT)
         recipients = engine().inspect(blob).recipients
         assert [r.provider for r in recipients] == ["azure-kv", "local"]

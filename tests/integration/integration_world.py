@@ -87,6 +87,17 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"no TOML form for {value!r}")
 
 
+def pin(uri: str) -> str:
+    """An ``allowed_keys`` pattern for every version of the key ``uri`` names (AWS: every key
+    of its account and region), as a user who owns the key would write it."""
+    if uri.startswith("aws-kms:arn:"):
+        return uri.rsplit("/", 1)[0] + "/*"
+    if uri.startswith("azure-kv:"):
+        base, _, rest = uri.partition("/keys/")
+        return f"{base}/keys/{rest.split('/')[0]}/*"
+    return uri.split(":", 1)[0] + ":*" if uri.startswith("local:") else uri
+
+
 class World:
     """A working directory, its kmsenvelope.toml, and the environment the CLI runs with."""
 
@@ -96,6 +107,7 @@ class World:
         self.cwd.mkdir()
         self.keystore = root / "keystore"
         self.providers: dict[str, dict[str, Any]] = {"local": {"keystore": str(self.keystore)}}
+        self.allowed: list[str] = []  # the config's allowed_keys (strict default when empty)
         self.env = {
             **{k: v for k, v in os.environ.items() if not _ambient(k)},
             "KMSENVELOPE_PLUGINS": "local,aws-kms,azure-kv",
@@ -107,6 +119,7 @@ class World:
             "AWS_SHARED_CREDENTIALS_FILE": str(root / "aws-credentials"),
             "AWS_EC2_METADATA_DISABLED": "true",
             "NO_PROXY": "127.0.0.1,localhost",
+            "KMSENVELOPE_CONFIG": str(self.config_path),
         }
         self.write_config()
 
@@ -119,8 +132,16 @@ class World:
         self.providers[scheme] = dict(settings)
         self.write_config()
 
+    def allow(self, *uris: str) -> None:
+        """Add the keys ``uris`` name (every version, see ``pin``) to the config's allowed_keys:
+        the world's own keys, which its envelopes may name."""
+        for uri in uris:
+            if pin(uri) not in self.allowed:
+                self.allowed.append(pin(uri))
+        self.write_config()
+
     def write_config(self) -> None:
-        lines = []
+        lines = [f"allowed_keys = {_toml_value(self.allowed)}", ""] if self.allowed else []
         for scheme, settings in self.providers.items():
             lines.append(f"[providers.{scheme}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
@@ -160,7 +181,8 @@ class World:
         for name, table in overrides.items():
             scheme = name.replace("_", "-")
             providers[scheme] = {**providers.get(scheme, {}), **table}
-        return Engine(registry=registry, config=Config(providers=providers))
+        allowed = tuple(self.allowed) or None
+        return Engine(registry=registry, config=Config(providers=providers, allowed_keys=allowed))
 
 
 # -- envelopes ----------------------------------------------------------------------------------

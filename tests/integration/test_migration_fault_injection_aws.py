@@ -113,6 +113,7 @@ def setup(world: World, moto_endpoint: str) -> Iterator[Setup]:
     assert made.returncode == 0, made.stderr
 
     arn = create_kms_key(moto_endpoint, f"faults {uuid.uuid4()}")
+    world.allow("local:src", f"aws-kms:{arn}")
     proxy = FaultInjectingKms(upstream=moto_endpoint)
     proxy.start()
     world.configure(

@@ -50,6 +50,7 @@ def test_rotate_local_and_azure_then_destroy_old_local_version(
     rsa_uri = f"azure-kv:{rsa.id}".rsplit("/", 1)[0]
     oct_uri = f"azure-kv:{oct_key.id}".rsplit("/", 1)[0]
     old = ["local:rot/1", f"azure-kv:{rsa.id}", f"azure-kv:{oct_key.id}"]
+    world.allow(*old)
 
     folder = world.root / "data"
     folder.mkdir()

@@ -89,8 +89,12 @@ def world(tmp_path: Path, moto_url: str) -> dict[str, object]:
         aws_secret_access_key="admin",
     )
     arn = kms.create_key()["KeyMetadata"]["Arn"]
+    account_keys = arn.rsplit("/", 1)[0] + "/*"
+    env["KMSENVELOPE_CONFIG"] = str(tmp_path / "kmsenvelope.toml")
     (tmp_path / "kmsenvelope.toml").write_text(
         f"""
+allowed_keys = ["local:*", "aws-kms:{account_keys}", "pkcs11:token=integ;*"]
+
 [providers.local]
 keystore = "{tmp_path / "keystore"}"
 

@@ -29,7 +29,10 @@ def registry() -> ProviderRegistry:
 
 
 def engine(providers: dict) -> Engine:
-    return Engine(registry=registry(), config=Config(providers=providers))
+    """An engine that may contact any key of the test token (trust is tested elsewhere:
+    test_pkcs11_strict_trust.py)."""
+    allowed = ("pkcs11:token=kmsenv-test;*", "aws-cloudhsm:*")
+    return Engine(registry=registry(), config=Config(providers=providers, allowed_keys=allowed))
 
 
 def test_plugin_registers_both_schemes():
