@@ -212,6 +212,13 @@ class StoreOracle:
         """Write ``doc`` as key file with a valid MAC (as if by someone holding the keys)."""
         doc["mac"] = self.mac(doc)
         self.key_path(doc["name"]).write_text(json.dumps(doc, indent=2))
+        meta_path = self.directory / "keystore.json"
+        meta = json.loads(meta_path.read_bytes())
+        if meta.get("format") == "kmsenvelope-keystore/2":  # it records each key file's MAC
+            record = meta["keys"].setdefault(doc["name"], {"generation": 0})
+            record["mac"] = doc["mac"]
+            meta["mac"] = self.mac(meta)
+            meta_path.write_text(json.dumps(meta, indent=2))
 
     def material(self, name: str, version: int) -> bytes:
         """The raw key material of ``name`` version ``version`` (AES key or RSA PKCS#8 DER)."""

@@ -1,4 +1,8 @@
-"""``keys …``: manage the local software HSM's keystore."""
+"""``keys …``: manage the local software HSM's keystore.
+
+Prompts (passphrases, the ``destroy`` confirmation) need a terminal; without one, the
+passphrases come from the environment and ``keys destroy`` needs ``--yes``.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,11 @@ import sys
 from ..errors import ConfigError, KeystoreError
 from ..kek import scheme_of
 from ..local.keystore import KEY_TYPES, Keystore, read_backup
-from ..local.provider import PASSPHRASE_ENV
+from ..local.provider import PASSPHRASE_ENV, ask_secret
 from .context import CliContext, Subcommands
 
 __all__ = ["add_key_commands"]
 
-ALL_KEY_TYPES = ("aes128", "aes256", "rsa2048", "rsa3072", "rsa4096")
 BACKUP_PASSPHRASE_ENV = "KMSENVELOPE_BACKUP_PASSPHRASE"  # noqa: S105 - a variable name
 
 
@@ -30,7 +33,10 @@ def _create(ctx: CliContext, args: argparse.Namespace) -> int:
     name = args.name.removeprefix("local:")
     key_type = args.type or "aes256"
     if key_type not in KEY_TYPES:
-        raise ConfigError(f"the local HSM makes {' and '.join(KEY_TYPES)} keys, not {key_type}")
+        raise ConfigError(
+            f"--type: invalid choice {key_type!r} for a local key (the local HSM makes "
+            f"{' and '.join(KEY_TYPES)} keys)"
+        )
     info = ctx.open_keystore(create=True).create_key(name, key_type)
     _say(args, f"created {info.uri} ({info.type}, version {info.current}) in {ctx.keystore_path}")
     print(info.uri)
@@ -83,17 +89,37 @@ def _enable(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def _destroy(ctx: CliContext, args: argparse.Namespace) -> int:
     store = ctx.open_keystore()
-    if sys.stdin.isatty() and not args.yes:
-        answer = input(
-            f"Destroy local:{args.name}/{args.version} for good? Envelopes wrapped "
-            "only by it become undecryptable. Type the key name to confirm: "
-        )
-        if answer.strip() != args.name:
-            _say(args, "not destroyed")
+    uri = f"local:{args.name}/{args.version}"
+    found = store.destroy_check(args.name, args.version)  # missing or current: error now
+    if found.state == "destroyed":
+        _say(args, f"{uri} is already destroyed (on {found.destroyed or 'an unknown date'})")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                f"refusing to destroy {uri} without confirmation: there is no terminal to ask "
+                "on, so pass --yes"
+            )
+        if not _confirmed(
+            f"Destroy {uri} for good? Envelopes wrapped only by it become undecryptable. "
+            "Type the key name to confirm: ",
+            args.name,
+        ):
+            _say(args, f"not confirmed: {uri} was not destroyed")
             return 1
     store.destroy_version(args.name, args.version)
-    _say(args, f"destroyed local:{args.name}/{args.version}")
+    _say(args, f"destroyed {uri}")
     return 0
+
+
+def _confirmed(prompt: str, expected: str) -> bool:
+    """Ask on the terminal; only the exact answer confirms (end of input does not)."""
+    try:
+        answer = input(prompt)
+    except EOFError:
+        print(file=sys.stderr)  # end the prompt's line
+        return False
+    return answer.strip() == expected
 
 
 def _backup_passphrase(*, new: bool) -> str:
@@ -116,10 +142,8 @@ def _backup_passphrase(*, new: bool) -> str:
 
 
 def _prompt_backup_passphrase(new: bool) -> str:
-    import getpass
-
-    first = getpass.getpass("Backup passphrase: ")
-    if new and getpass.getpass("Repeat backup passphrase: ") != first:
+    first = ask_secret("Backup passphrase: ")
+    if new and ask_secret("Repeat backup passphrase: ") != first:
         raise KeystoreError("the two passphrases differ")
     if not first:
         raise KeystoreError("empty passphrase")
@@ -143,7 +167,13 @@ def _restore(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def add_key_commands(sub: Subcommands) -> None:
     """Register ``keys`` and its subcommands."""
-    keys = sub.add_parser("keys", help="manage keys in the local software HSM")
+    keys = sub.add_parser(
+        "keys",
+        help="manage keys in the local software HSM",
+        description="Manage keys in the local software HSM. Prompts need a terminal: without "
+        "one, passphrases come from KMSENVELOPE_KEYSTORE_PASSPHRASE / "
+        "KMSENVELOPE_BACKUP_PASSPHRASE and destructive commands ('keys destroy') need --yes.",
+    )
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
 
     p = ksub.add_parser(
@@ -154,9 +184,11 @@ def add_key_commands(sub: Subcommands) -> None:
     p.add_argument("name", metavar="NAME|URI")
     p.add_argument(
         "--type",
-        choices=ALL_KEY_TYPES,
+        metavar="TYPE",
         default=None,
-        help="key type (default aes256; the local HSM makes aes256 and rsa3072)",
+        help=f"key type: for a local key {' or '.join(KEY_TYPES)} (default aes256); a provider "
+        "URI accepts the types that provider makes (pkcs11: aes128, aes256, rsa2048, rsa3072, "
+        "rsa4096)",
     )
     p.set_defaults(handler=_create)
 
@@ -176,10 +208,21 @@ def add_key_commands(sub: Subcommands) -> None:
     p.add_argument("name")
     p.set_defaults(handler=_enable, enabled=True)
 
-    p = ksub.add_parser("destroy", help="destroy one key version's material for good")
+    p = ksub.add_parser(
+        "destroy",
+        help="destroy one key version's material for good",
+        description="Destroy one key version's material for good: envelopes wrapped only by it "
+        "can never be decrypted again. Asks for confirmation on a terminal; without a "
+        "terminal (a script, stdin redirected) it refuses unless --yes is given. A version "
+        "destroyed already is left as it is.",
+    )
     p.add_argument("name")
     p.add_argument("--version", type=int, required=True, metavar="N")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask for confirmation (required when stdin is not a terminal)",
+    )
     p.set_defaults(handler=_destroy)
 
     p = ksub.add_parser("backup", help="write an encrypted backup of every key")

@@ -5,6 +5,14 @@ over the previous entry's hash and the entry's canonical JSON without ``hash``. 
 ``audit.head`` file records the last sequence number and hash, so removing entries from the
 end is detected too. Entries hold key ids, operations, outcomes and the encryption context,
 never key material.
+
+Every entry is bounded (about 2 KiB at most), whatever an envelope names: a context whose JSON
+exceeds ``MAX_CONTEXT_BYTES`` is recorded as its SHA-256 digest and size, a key id longer than
+``MAX_KEY_CHARS`` is truncated (with the digest of the whole), so one envelope, whose unwrap
+attempts the engine caps, adds a bounded amount to the log.
+
+An *anchor* (``SEQ:HASH``, from :meth:`AuditLog.anchor`) names one entry; kept outside the
+keystore, it later proves the log was not rolled back past that entry (:meth:`AuditLog.verify`).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,16 +28,66 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from ..errors import AuditLogError
-from .files import atomic_write, drop_torn_tail
+from ..errors import AuditLogError, ConfigError
+from ..header import encode_context
+from .files import atomic_write, drop_torn_tail, open_regular, read_regular
 
-__all__ = ["AuditLog", "AuditReport"]
+__all__ = ["MAX_CONTEXT_BYTES", "MAX_KEY_CHARS", "AuditLog", "AuditReport", "parse_anchor"]
 
 GENESIS = "0" * 64
+MAX_CONTEXT_BYTES = 1024
+"""A context whose canonical JSON is longer is recorded as ``context_digest`` instead."""
+MAX_KEY_CHARS = 256
+"""A longer key id is cut to this many characters, with ``key_digest`` of the whole."""
+_MAX_DETAIL_BYTES = 1024
+_ANCHOR = re.compile(r"^([1-9][0-9]{0,17}):([0-9a-f]{64})$")
 
 
 def _canonical(entry: Mapping[str, Any]) -> bytes:
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _digest(data: bytes) -> dict[str, Any]:
+    return {"sha256": sha256(data).hexdigest(), "size": len(data)}
+
+
+def bounded_fields(
+    key: str, context: Mapping[str, str] | None, detail: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The ``key``/``context``/``detail`` fields of an entry, each cut to a fixed size.
+
+    A large context is replaced by the SHA-256 of its canonical encoding (docs/format.md 5.4)
+    and its size, so it can still be matched against an envelope.
+    """
+    out: dict[str, Any] = {"key": key}
+    if len(key) > MAX_KEY_CHARS:
+        out["key"] = key[:MAX_KEY_CHARS] + "..."
+        out["key_digest"] = _digest(key.encode("utf-8", "surrogatepass"))
+    if context:
+        plain = dict(context)
+        if len(_canonical(plain)) > MAX_CONTEXT_BYTES:
+            summary = _digest(encode_context(plain))
+            out["context_digest"] = {**summary, "entries": len(plain)}
+        else:
+            out["context"] = plain
+    if detail:
+        items = dict(detail)
+        if len(_canonical(items)) > _MAX_DETAIL_BYTES:
+            out["detail_digest"] = _digest(_canonical(items))
+        else:
+            out["detail"] = items
+    return out
+
+
+def parse_anchor(text: str) -> tuple[int, str]:
+    """``SEQ:HASH`` (as printed by ``kmsenvelope audit anchor``) -> (SEQ, HASH)."""
+    match = _ANCHOR.fullmatch(text.strip())
+    if match is None:
+        raise ConfigError(
+            "an audit anchor is SEQ:HASH as printed by 'kmsenvelope audit anchor' "
+            "(a number, a colon and 64 hex digits)"
+        )
+    return int(match.group(1)), match.group(2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +96,13 @@ class AuditReport:
 
     entries: int
     head: str
+    generation: int = 0
+    """The highest keystore generation the log records (0 for a log without any)."""
+
+    @property
+    def anchor(self) -> str:
+        """This log's end as an anchor (``SEQ:HASH``)."""
+        return f"{self.entries}:{self.head}"
 
 
 class AuditLog:
@@ -59,7 +125,7 @@ class AuditLog:
     def _read_head(self) -> tuple[int, str] | None:
         """The authenticated (seq, hash) of the last entry, or None if there is no head file."""
         try:
-            data = json.loads(self.head_path.read_text())
+            data = json.loads(read_regular(self.head_path))
             seq, digest, mac = int(data["seq"]), str(data["hash"]), str(data["mac"])
         except FileNotFoundError:
             return None
@@ -76,7 +142,7 @@ class AuditLog:
     def _last_entry(self) -> dict[str, Any] | None:
         """The last complete line of the log (reads only the file's tail)."""
         try:
-            with self.path.open("rb") as fh:
+            with os.fdopen(open_regular(self.path, os.O_RDONLY), "rb") as fh:
                 size = fh.seek(0, os.SEEK_END)
                 fh.seek(max(0, size - 65536))
                 tail = fh.read()
@@ -124,26 +190,30 @@ class AuditLog:
         outcome: str = "ok",
         context: Mapping[str, str] | None = None,
         detail: Mapping[str, Any] | None = None,
+        *,
+        generation: int | None = None,
     ) -> None:
-        """Append one entry (call with the keystore's exclusive lock held)."""
+        """Append one entry (call with the keystore's exclusive lock held).
+
+        ``generation``: the keystore generation a key change produced, so that ``verify`` can
+        tell key files rolled back behind the log.
+        """
         seq, prev = self._current_end()
         body: dict[str, Any] = {
             "seq": seq + 1,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "op": op,
-            "key": key,
-            "outcome": outcome,
+            "outcome": outcome[:200],
             "pid": os.getpid(),
             "prev": prev,
+            **bounded_fields(key, context, detail),
         }
-        if context:
-            body["context"] = dict(context)
-        if detail:
-            body["detail"] = dict(detail)
+        if generation is not None:
+            body["gen"] = generation
         digest = self._hash(prev, body)
         line = _canonical({**body, "hash": digest}) + b"\n"
         drop_torn_tail(self.path)  # a crash mid-append left half a line: never an entry
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, line)
             os.fsync(fd)
@@ -151,8 +221,18 @@ class AuditLog:
             os.close(fd)
         self._write_head(seq + 1, digest)
 
-    def verify(self) -> AuditReport:
-        """Check every entry and the head; raise ``AuditLogError`` saying where it breaks."""
+    def anchor(self) -> str:
+        """Verify the log and return its end as an anchor (``SEQ:HASH``) to keep elsewhere."""
+        return self.verify().anchor
+
+    def verify(self, anchor: str | None = None) -> AuditReport:
+        """Check every entry and the head; raise ``AuditLogError`` saying where it breaks.
+
+        With ``anchor`` (from :meth:`anchor`), also prove the anchored entry is still in the
+        chain: a log rolled back to an older copy (with its head) passes the chain checks but
+        not this one.
+        """
+        anchored = None if anchor is None else parse_anchor(anchor)
         head = self._read_head()
         if head is None:
             raise AuditLogError(
@@ -161,8 +241,9 @@ class AuditLog:
         head_seq, head_hash = head
         prev = GENESIS
         count = 0
+        generation = 0
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular(self.path)
         except FileNotFoundError:
             raw = b""
         lines = raw.split(b"\n")
@@ -201,6 +282,19 @@ class AuditLog:
                 raise AuditLogError(f"{where}: entry {seq} was modified (hash does not match)")
             if count == head_seq and not hmac.compare_digest(prev, head_hash):
                 raise AuditLogError(f"{where}: the log does not pass through the recorded head")
+            if (
+                anchored is not None
+                and seq == anchored[0]
+                and not hmac.compare_digest(stored, anchored[1])
+            ):
+                raise AuditLogError(
+                    f"{where}: entry {seq} is not the anchored entry: the audit log was "
+                    "rolled back past the anchor and written again (or the anchor is from "
+                    "another keystore)"
+                )
+            gen = entry.get("gen")
+            if isinstance(gen, int) and gen > generation:
+                generation = gen
             prev = stored
             count += 1
         # The head may lag the log by one entry if a process died between the two writes.
@@ -211,4 +305,10 @@ class AuditLog:
                 f"{self.path}: log ends at entry {count} but the head records entry {head_seq}: "
                 "entries were removed from the end, or the log was replaced"
             )
-        return AuditReport(count, prev)
+        if anchored is not None and count < anchored[0]:
+            raise AuditLogError(
+                f"{self.path}: the log ends at entry {count} but the anchor names entry "
+                f"{anchored[0]}: the audit log was rolled back (or the anchor is from another "
+                "keystore)"
+            )
+        return AuditReport(count, prev, generation)

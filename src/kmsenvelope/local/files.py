@@ -1,15 +1,71 @@
-"""Owner-only, atomic, locked file operations for the local keystore."""
+"""Owner-only, atomic, locked file operations for the local keystore.
+
+Every keystore file is opened with ``O_NOFOLLOW`` and checked to be a regular file, so a
+symbolic link (or a FIFO, a device) planted in the keystore directory is refused, never
+followed or blocked on.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "drop_torn_tail", "ensure_private_dir", "locked"]
+from ..errors import KeystoreError
+
+__all__ = [
+    "atomic_write",
+    "drop_torn_tail",
+    "ensure_private_dir",
+    "locked",
+    "open_regular",
+    "read_regular",
+]
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _not_regular(path: Path, what: str) -> KeystoreError:
+    return KeystoreError(
+        f"{path} is {what}: keystore files must be regular files (refusing to use it)"
+    )
+
+
+def open_regular(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that refuses symbolic links and anything but a regular file.
+
+    ``FileNotFoundError`` passes through (callers decide what a missing file means); a
+    symbolic link, FIFO, device or directory is a ``KeystoreError``.
+    """
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | _NONBLOCK | _CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _not_regular(path, "a symbolic link") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):
+            raise _not_regular(path, "not a regular file") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _not_regular(path, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path) -> bytes:
+    """The whole content of the regular file ``path`` (see :func:`open_regular`)."""
+    fd = open_regular(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -53,7 +109,7 @@ def locked(lock_path: Path, *, exclusive: bool = True) -> Iterator[None]:
 
     Serializes keystore changes across threads and processes on the same machine.
     """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_regular(lock_path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
@@ -65,10 +121,10 @@ def drop_torn_tail(path: Path) -> None:
     """Cut a last line left without its newline by a process killed mid-append (an
     append-only JSON-lines file), so the next record starts on a line of its own."""
     try:
-        fh = path.open("r+b")
+        fd = open_regular(path, os.O_RDWR)
     except FileNotFoundError:
         return
-    with fh:
+    with os.fdopen(fd, "r+b") as fh:
         size = fh.seek(0, os.SEEK_END)
         if size == 0:
             return

@@ -2,12 +2,22 @@
 
 Layout of a keystore directory (mode 0700, every file 0600, every write atomic)::
 
-    keystore.json    format marker, keystore id, Argon2id parameters and salt, passphrase check
-    keys/NAME.json   one key: type, enabled flag, current version, versions (material encrypted
-                     with AES-256-GCM under a key derived from the passphrase), and an HMAC
-                     over the whole file so edits are detected
+    keystore.json    format marker, keystore id, Argon2id parameters and salt, passphrase check,
+                     and (format 2) the keystore *generation* and, per key, the generation and
+                     MAC of its current key file -- all under an HMAC
+    keys/NAME.json   one key: identity (uuid), type, enabled flag, current version, versions
+                     (material encrypted with AES-256-GCM under a key derived from the
+                     passphrase), the generation that wrote it, and an HMAC over the whole file
     audit.log        hash-chained audit entries (see ``audit.py``); audit.head: the chain's end
     .lock            flock target serializing changes across processes
+
+Anti-rollback: every change writes its key files with generation G+1, then keystore.json with
+generation G+1 and the new files' MACs. A key file is accepted only if keystore.json records its
+MAC, or (a change interrupted between the two writes) its generation is exactly G+1; an older,
+validly MAC'd copy replayed into ``keys/`` is refused. Keystores of format 1 (no generations)
+stay readable and are upgraded by the first change. Replacing *every* file at once cannot be
+seen from inside: the audit log records each generation, and an audit anchor kept elsewhere
+proves the log itself was not rolled back (``audit.py``).
 
 Keys are derived from the passphrase once per process (Argon2id, memory-hard) and cached only
 as derived keys, never as the passphrase.
@@ -23,7 +33,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -33,9 +44,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from ..errors import (
+    AuditLogError,
     ConfigError,
     KeyDestroyedError,
     KeyDisabledError,
@@ -48,14 +59,21 @@ from ..errors import (
 from ..header import encode_context
 from ..kdf import hkdf_sha256
 from ..kek import WrappedKey
-from .audit import AuditLog
-from .files import atomic_write, ensure_private_dir, locked
+from .audit import AuditLog, AuditReport
+from .derive import KDF_CEILING, OPEN_CEILING, StoreKeys, check_kdf, derive_root
+from .files import atomic_write, ensure_private_dir, locked, read_regular
+from .generations import (
+    LEGACY_STORE_FORMAT,
+    STORE_FORMAT,
+    check_aad,
+    check_current,
+    recorded,
+)
 
 __all__ = ["KeyInfo", "KeyType", "Keystore", "VersionInfo"]
 
 KeyType = Literal["aes256", "rsa3072"]
 KEY_TYPES: tuple[KeyType, ...] = ("aes256", "rsa3072")
-STORE_FORMAT = "kmsenvelope-keystore/1"
 KEY_FORMAT = "kmsenvelope-key/1"
 BACKUP_FORMAT = "kmsenvelope-keystore-backup/1"
 AES_ALG = "AES-256-GCM"
@@ -64,11 +82,10 @@ _CHECK = b"kmsenvelope keystore passphrase check"
 VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,9}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 DEFAULT_KDF: dict[str, Any] = {"name": "argon2id", "iterations": 3, "memory_kib": 65536, "lanes": 4}
-# Upper bounds on parameters read from keystore.json or a backup: a crafted file must not be
-# able to make an unlock take minutes or gigabytes.
-_MAX_KDF_MEMORY_KIB = 4 * 1024 * 1024
-_MAX_KDF_ITERATIONS = 64
-_MAX_KDF_LANES = 64
+MIN_PASSPHRASE_CHARS = 8
+
+
+_RSA_CACHE_SIZE = 64
 _OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 
@@ -101,55 +118,9 @@ def check_name(name: str) -> str:
     return name
 
 
-def _derive_root(passphrase: str, kdf: Mapping[str, Any], salt: bytes) -> bytes:
-    if kdf.get("name") != "argon2id":
-        raise KeystoreCorruptError(f"unsupported keystore KDF {kdf.get('name')!r}")
-    try:
-        costly = (
-            int(kdf["memory_kib"]) > _MAX_KDF_MEMORY_KIB
-            or int(kdf["iterations"]) > _MAX_KDF_ITERATIONS
-            or int(kdf["lanes"]) > _MAX_KDF_LANES
-        )
-    except (KeyError, ValueError, TypeError):
-        costly = False  # reported below as invalid parameters
-    if costly:
-        raise KeystoreCorruptError(
-            "keystore KDF parameters exceed the limits this version accepts "
-            f"(memory <= {_MAX_KDF_MEMORY_KIB} KiB, iterations <= {_MAX_KDF_ITERATIONS}, "
-            f"lanes <= {_MAX_KDF_LANES}): refusing a file that could exhaust memory"
-        )
-    try:
-        return Argon2id(
-            salt=salt,
-            length=32,
-            iterations=int(kdf["iterations"]),
-            lanes=int(kdf["lanes"]),
-            memory_cost=int(kdf["memory_kib"]),
-        ).derive(passphrase.encode("utf-8"))
-    except (KeyError, ValueError, TypeError):
-        raise KeystoreCorruptError(
-            "keystore KDF parameters are invalid (keystore.json or backup corrupted)"
-        ) from None
-
-
-@dataclass(frozen=True, slots=True)
-class _Keys:
-    enc: bytes
-    mac: bytes
-    audit: bytes
-
-    def __repr__(self) -> str:
-        return "_Keys(<redacted>)"
-
-    @classmethod
-    def from_root(cls, root: bytes) -> _Keys:
-        okm = hkdf_sha256(root, b"", b"kmsenvelope keystore keys v1", 96)
-        return cls(okm[:32], okm[32:64], okm[64:])
-
-
 # Derived keys cached per (directory, keystore id, salt, keyed digest of the passphrase).
 _PROCESS_SECRET = secrets.token_bytes(32)
-_KEY_CACHE: dict[tuple[str, str, str, bytes], _Keys] = {}
+_KEY_CACHE: dict[tuple[str, str, str, bytes], StoreKeys] = {}
 _KEY_CACHE_LOCK = threading.Lock()
 
 
@@ -160,6 +131,7 @@ class VersionInfo:
     version: int
     state: str  # "active" or "destroyed"
     created: str
+    destroyed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +144,9 @@ class KeyInfo:
     current: int
     created: str
     versions: tuple[VersionInfo, ...]
+    uuid: str | None = None
+    """The key's identity, fixed at creation (None for a key made before identities existed
+    and not changed since)."""
 
     @property
     def uri(self) -> str:
@@ -181,6 +156,7 @@ class KeyInfo:
         return {
             "name": self.name,
             "uri": self.uri,
+            "uuid": self.uuid,
             "type": self.type,
             "enabled": self.enabled,
             "current_version": self.current,
@@ -195,11 +171,15 @@ class KeyInfo:
 class Keystore:
     """An unlocked keystore directory. Open with :meth:`open` or make one with :meth:`create`."""
 
-    def __init__(self, directory: Path, store_id: str, keys: _Keys) -> None:
+    def __init__(self, directory: Path, store_id: str, keys: StoreKeys) -> None:
         self.directory = directory
         self.id = store_id
         self._keys = keys
         self.audit = AuditLog(directory, keys.audit)
+        # Parsed RSA private keys, per (name, version, sealed material): parsing and checking a
+        # 3072-bit key costs ~100 ms, an unwrap with a parsed one ~1 ms. Per unlocked keystore
+        # only, never module-wide.
+        self._rsa_cache: dict[tuple[str, int, str], rsa.RSAPrivateKey] = {}
 
     def __repr__(self) -> str:
         return f"Keystore({str(self.directory)!r})"
@@ -218,31 +198,41 @@ class Keystore:
         *,
         kdf: Mapping[str, Any] | None = None,
     ) -> Keystore:
-        """Create a new, empty keystore at ``directory`` (which must not hold one)."""
+        """Create a new, empty keystore at ``directory`` (which must not hold one).
+
+        The passphrase must have at least ``MIN_PASSPHRASE_CHARS`` characters.
+        """
         path = Path(directory).expanduser()
         if not passphrase:
             raise KeystoreError("refusing to create a keystore with an empty passphrase")
+        if len(passphrase) < MIN_PASSPHRASE_CHARS:
+            raise KeystoreError(
+                f"a new keystore's passphrase must have at least {MIN_PASSPHRASE_CHARS} characters"
+            )
+        params = dict(kdf or DEFAULT_KDF)
+        check_kdf(params, KDF_CEILING, "new keystore")
         ensure_private_dir(path)
         ensure_private_dir(path / "keys")
         with locked(path / ".lock"):
             if cls.exists(path):
                 raise KeystoreError(f"{path} already holds a keystore")
-            params = dict(kdf or DEFAULT_KDF)
             salt = os.urandom(16)
             params["salt"] = _b64(salt)
-            keys = _Keys.from_root(_derive_root(passphrase, params, salt))
+            keys = StoreKeys.from_root(
+                derive_root(passphrase, params, salt, KDF_CEILING, str(path))
+            )
             store_id = secrets.token_hex(16)
-            nonce = os.urandom(12)
-            check = nonce + AESGCM(keys.enc).encrypt(nonce, _CHECK, store_id.encode())
-            doc = {
+            store = cls(path, store_id, keys)
+            doc: dict[str, Any] = {
                 "format": STORE_FORMAT,
                 "id": store_id,
                 "created": _now(),
                 "kdf": params,
-                "check": _b64(check),
+                "check": _b64(_make_check(keys, store_id, STORE_FORMAT)),
+                "generation": 0,
+                "keys": {},
             }
-            atomic_write(path / "keystore.json", json.dumps(doc, indent=2).encode())
-            store = cls(path, store_id, keys)
+            store._write_meta(doc)
             store.audit.append("keystore.create", "local:*")
         return store
 
@@ -252,7 +242,7 @@ class Keystore:
         path = Path(directory).expanduser()
         meta_path = path / "keystore.json"
         try:
-            raw = meta_path.read_bytes()
+            raw = read_regular(meta_path)
         except FileNotFoundError:
             raise KeystoreError(
                 f"no keystore at {path} (create one with 'kmsenvelope keys create NAME', "
@@ -262,7 +252,7 @@ class Keystore:
             raise KeystoreError(f"cannot read {meta_path}: permission denied") from None
         try:
             doc = json.loads(raw)
-            if doc.get("format") != STORE_FORMAT:
+            if doc.get("format") not in (STORE_FORMAT, LEGACY_STORE_FORMAT):
                 raise ValueError
             store_id = str(doc["id"])
             kdf = dict(doc["kdf"])
@@ -271,24 +261,137 @@ class Keystore:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise KeystoreCorruptError(f"{meta_path}: not a valid keystore file") from None
         digest = hmac.new(_PROCESS_SECRET, passphrase.encode("utf-8"), sha256).digest()
-        cache_key = (str(path.resolve()), store_id, kdf["salt"], digest)
+        cache_key = (str(path.resolve()), store_id, str(kdf["salt"]), digest)
         # One derivation at a time: concurrent Argon2id calls would multiply the memory cost
         # (and OpenSSL's Argon2 has been seen to stall when run from several threads at once).
         with _KEY_CACHE_LOCK:
             keys = _KEY_CACHE.get(cache_key)
             if keys is None:
-                keys = _Keys.from_root(_derive_root(passphrase, kdf, salt))
+                keys = StoreKeys.from_root(
+                    derive_root(passphrase, kdf, salt, OPEN_CEILING, str(meta_path))
+                )
+                aad = check_aad(store_id, str(doc["format"]))
                 try:
-                    plain = AESGCM(keys.enc).decrypt(check[:12], check[12:], store_id.encode())
+                    plain = AESGCM(keys.enc).decrypt(check[:12], check[12:], aad)
                 except (InvalidTag, ValueError):
-                    raise WrongPassphraseError(
-                        f"the passphrase does not open the keystore at {path} "
-                        "(check KMSENVELOPE_KEYSTORE_PASSPHRASE)"
-                    ) from None
+                    raise WrongPassphraseError(_wrong_passphrase(path, passphrase)) from None
                 if not hmac.compare_digest(plain, _CHECK):
                     raise KeystoreCorruptError(f"{meta_path}: passphrase check value is wrong")
                 _KEY_CACHE[cache_key] = keys
-        return cls(path, store_id, keys)
+        store = cls(path, store_id, keys)
+        store._verify_meta(doc)
+        return store
+
+    # -- keystore.json: the generation and the record of every key file ---------------------
+
+    @property
+    def _meta_path(self) -> Path:
+        return self.directory / "keystore.json"
+
+    def _verify_meta(self, doc: Mapping[str, Any]) -> None:
+        """Check keystore.json's MAC (format 2; format 1 has none)."""
+        if doc.get("format") == LEGACY_STORE_FORMAT:
+            return
+        stored = doc.get("mac")
+        if (
+            not isinstance(stored, str)
+            or not hmac.compare_digest(stored, self._mac(doc))
+            or doc.get("id") != self.id
+            or not isinstance(doc.get("generation"), int)
+            or not isinstance(doc.get("keys"), dict)
+        ):
+            raise KeystoreCorruptError(
+                f"{self._meta_path}: failed its integrity check (edited or corrupted)"
+            )
+
+    def _read_meta(self) -> dict[str, Any]:
+        """keystore.json, authenticated (call with the lock held)."""
+        try:
+            doc = json.loads(read_regular(self._meta_path))
+            if not isinstance(doc, dict) or doc.get("format") not in (
+                STORE_FORMAT,
+                LEGACY_STORE_FORMAT,
+            ):
+                raise ValueError
+        except FileNotFoundError:
+            raise KeystoreCorruptError(f"{self._meta_path} is missing") from None
+        except ValueError:
+            raise KeystoreCorruptError(f"{self._meta_path}: not a valid keystore file") from None
+        self._verify_meta(doc)
+        return doc
+
+    def _write_meta(self, doc: dict[str, Any]) -> None:
+        doc["mac"] = self._mac(doc)
+        atomic_write(self._meta_path, json.dumps(doc, indent=2).encode())
+
+    def _prepare(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Before a change: upgrade a format-1 keystore, or adopt the key files of a change
+        interrupted before it updated keystore.json. Returns keystore.json to commit to."""
+        if meta["format"] == LEGACY_STORE_FORMAT:
+            return self._upgrade(meta)
+        pending = int(meta["generation"]) + 1
+        adopted = False
+        for name, doc in self._scan():
+            if doc.get("generation") == pending:
+                meta["keys"][name] = {"generation": pending, "mac": doc["mac"]}
+                adopted = True
+        if adopted:
+            meta["generation"] = pending
+            self._write_meta(meta)
+        return meta
+
+    def _scan(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every key file with a valid MAC (others are skipped here; loading reports them)."""
+        for path in sorted((self.directory / "keys").glob("*.json")):
+            try:
+                doc = json.loads(read_regular(path))
+            except (OSError, ValueError, KeystoreError):
+                continue
+            if (
+                isinstance(doc, dict)
+                and doc.get("name") == path.stem
+                and isinstance(doc.get("mac"), str)
+                and hmac.compare_digest(doc["mac"], self._mac(doc))
+            ):
+                yield path.stem, doc
+
+    def _upgrade(self, legacy: Mapping[str, Any]) -> dict[str, Any]:
+        """Format 1 -> 2: record every current key file (generation 0) under keystore.json's
+        MAC, and bind the new format into the passphrase check."""
+        records = {}
+        for name in self._names(legacy):
+            doc = self._load(name, legacy)
+            records[name] = {"generation": 0, "mac": doc["mac"]}
+        meta: dict[str, Any] = {
+            **{k: legacy[k] for k in ("id", "created", "kdf")},
+            "format": STORE_FORMAT,
+            "check": _b64(_make_check(self._keys, self.id, STORE_FORMAT)),
+            "generation": 0,
+            "keys": records,
+        }
+        self._write_meta(meta)
+        return meta
+
+    def _commit(self, meta: dict[str, Any], docs: list[dict[str, Any]]) -> int:
+        """Write ``docs`` as generation G+1, then keystore.json; return the new generation."""
+        generation = int(meta["generation"]) + 1
+        for doc in docs:
+            doc["generation"] = generation
+            doc.setdefault("uuid", str(uuid.uuid4()))
+            doc["mac"] = self._mac(doc)
+            atomic_write(self._key_path(doc["name"]), json.dumps(doc, indent=2).encode())
+        for doc in docs:
+            meta["keys"][doc["name"]] = {"generation": generation, "mac": doc["mac"]}
+        meta["generation"] = generation
+        self._write_meta(meta)
+        return generation
+
+    def _names(self, meta: Mapping[str, Any]) -> list[str]:
+        """Every key name: recorded in keystore.json or present in keys/."""
+        names = {p.stem for p in (self.directory / "keys").glob("*.json")}
+        if meta["format"] == STORE_FORMAT:
+            names.update(meta["keys"])
+        return sorted(names)
 
     # -- key files --------------------------------------------------------------------------
 
@@ -320,11 +423,19 @@ class Keystore:
         body = {k: v for k, v in doc.items() if k != "mac"}
         return hmac.new(self._keys.mac, _canonical(body), sha256).hexdigest()
 
-    def _load(self, name: str) -> dict[str, Any]:
+    def _load(self, name: str, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Key ``name``'s file, authenticated and checked to be the current one."""
+        meta = self._read_meta() if meta is None else meta
         path = self._key_path(name)
         try:
-            raw = path.read_bytes()
+            raw = read_regular(path)
         except FileNotFoundError:
+            if recorded(meta, name):
+                raise KeyNotFoundError(
+                    f"local:{name}: no such key in the keystore at {self.directory}: its file "
+                    "is missing although the keystore records it (deleted?); restore it from "
+                    "a backup"
+                ) from None
             raise KeyNotFoundError(
                 f"local:{name}: no such key in the keystore at {self.directory}"
             ) from None
@@ -342,11 +453,8 @@ class Keystore:
             )
         if doc.get("name") != name:
             raise KeystoreCorruptError(f"{path}: key file holds key {doc.get('name')!r}")
+        check_current(name, doc, meta, path, self._meta_path)
         return doc
-
-    def _save(self, doc: dict[str, Any]) -> None:
-        doc["mac"] = self._mac(doc)
-        atomic_write(self._key_path(doc["name"]), json.dumps(doc, indent=2).encode())
 
     @staticmethod
     def _info(doc: Mapping[str, Any]) -> KeyInfo:
@@ -357,8 +465,10 @@ class Keystore:
             current=int(doc["current"]),
             created=doc["created"],
             versions=tuple(
-                VersionInfo(int(v["version"]), v["state"], v["created"]) for v in doc["versions"]
+                VersionInfo(int(v["version"]), v["state"], v["created"], v.get("destroyed"))
+                for v in doc["versions"]
             ),
+            uuid=doc.get("uuid"),
         )
 
     def _new_version(self, name: str, key_type: KeyType, version: int) -> dict[str, Any]:
@@ -389,31 +499,46 @@ class Keystore:
     # -- key management ---------------------------------------------------------------------
 
     def create_key(self, name: str, key_type: KeyType = "aes256") -> KeyInfo:
-        """Create key ``name`` with version 1."""
+        """Create key ``name`` with version 1 and a new identity (uuid).
+
+        ``ConfigError`` if the key exists already (choose another name, or rotate it).
+        """
         check_name(name)
         if key_type not in KEY_TYPES:
             raise ConfigError(f"unknown key type {key_type!r} (choose {', '.join(KEY_TYPES)})")
         with self._lock():
-            if self._key_path(name).exists():
-                raise KeystoreError(f"key local:{name} already exists (rotate it instead)")
+            meta = self._read_meta()
+            try:
+                self._load(name, meta)
+            except KeyNotFoundError:
+                if recorded(meta, name):
+                    raise  # its file was deleted: restore it, do not make another key
+            else:
+                raise ConfigError(
+                    f"key local:{name} already exists (rotate it to get a new version, or "
+                    "choose another name)"
+                )
             doc: dict[str, Any] = {
                 "format": KEY_FORMAT,
                 "name": name,
+                "uuid": str(uuid.uuid4()),
                 "type": key_type,
                 "created": _now(),
                 "enabled": True,
                 "current": 1,
                 "versions": [self._new_version(name, key_type, 1)],
             }
-            self._save(doc)
-            self.audit.append("key.create", f"local:{name}/1", detail={"type": key_type})
+            generation = self._commit(self._prepare(meta), [doc])
+            self.audit.append(
+                "key.create", f"local:{name}/1", detail={"type": key_type}, generation=generation
+            )
             return self._info(doc)
 
     def list_keys(self) -> list[KeyInfo]:
         """Every key, sorted by name."""
         with locked(self.directory / ".lock", exclusive=False):
-            names = sorted(p.stem for p in (self.directory / "keys").glob("*.json"))
-            return [self._info(self._load(n)) for n in names]
+            meta = self._read_meta()
+            return [self._info(self._load(n, meta)) for n in self._names(meta)]
 
     def get(self, name: str) -> KeyInfo:
         with locked(self.directory / ".lock", exclusive=False):
@@ -422,40 +547,54 @@ class Keystore:
     def rotate(self, name: str) -> KeyInfo:
         """Add a new version and make it current; old versions still unwrap."""
         with self._lock():
-            doc = self._load(name)
+            meta = self._read_meta()
+            doc = self._load(name, meta)
             version = max(int(v["version"]) for v in doc["versions"]) + 1
             doc["versions"].append(self._new_version(name, doc["type"], version))
             doc["current"] = version
-            self._save(doc)
-            self.audit.append("key.rotate", f"local:{name}/{version}")
+            generation = self._commit(self._prepare(meta), [doc])
+            self.audit.append("key.rotate", f"local:{name}/{version}", generation=generation)
             return self._info(doc)
 
     def set_enabled(self, name: str, enabled: bool) -> KeyInfo:
         """Disable (no wrap or unwrap) or re-enable a key."""
         with self._lock():
-            doc = self._load(name)
+            meta = self._read_meta()
+            doc = self._load(name, meta)
             doc["enabled"] = enabled
-            self._save(doc)
-            self.audit.append("key.enable" if enabled else "key.disable", f"local:{name}")
+            generation = self._commit(self._prepare(meta), [doc])
+            self.audit.append(
+                "key.enable" if enabled else "key.disable", f"local:{name}", generation=generation
+            )
             return self._info(doc)
 
-    def destroy_version(self, name: str, version: int) -> KeyInfo:
-        """Erase one version's material for good; what only it wrapped can no longer be read."""
-        with self._lock():
+    def destroy_check(self, name: str, version: int) -> VersionInfo:
+        """What :meth:`destroy_version` would find, without changing anything.
+
+        ``KeyNotFoundError`` for a missing version, ``KeystoreError`` for the current one;
+        otherwise the version (``state == "destroyed"`` if it is destroyed already).
+        """
+        with locked(self.directory / ".lock", exclusive=False):
             doc = self._load(name)
+        return _destroyable(doc, name, version)
+
+    def destroy_version(self, name: str, version: int) -> KeyInfo:
+        """Erase one version's material for good; what only it wrapped can no longer be read.
+
+        A version destroyed already is left as it is (its recorded date is kept).
+        """
+        with self._lock():
+            meta = self._read_meta()
+            doc = self._load(name, meta)
+            if _destroyable(doc, name, version).state == "destroyed":
+                return self._info(doc)
             entry = _find_version(doc, version)
-            if entry is None:
-                raise KeyNotFoundError(f"local:{name}/{version}: no such key version")
-            if int(doc["current"]) == version:
-                raise KeystoreError(
-                    f"local:{name}/{version} is the current version; rotate the key before "
-                    "destroying it"
-                )
+            assert entry is not None  # checked by _destroyable
             entry["state"] = "destroyed"
             entry["material"] = None
             entry["destroyed"] = _now()
-            self._save(doc)
-            self.audit.append("key.destroy", f"local:{name}/{version}")
+            generation = self._commit(self._prepare(meta), [doc])
+            self.audit.append("key.destroy", f"local:{name}/{version}", generation=generation)
             return self._info(doc)
 
     # -- wrapping ---------------------------------------------------------------------------
@@ -516,16 +655,35 @@ class Keystore:
                 version = parse_version(key_id, name)
                 doc = self._load(name)
                 entry = self._usable(doc, version)
-                raw = self._open_material(name, version, entry["material"], self._key_path(name))
-                dek = self._unwrap_with(doc["type"], raw, wrapped, context)
+                dek = self._unwrap_with(doc["type"], name, version, entry, wrapped, context)
             except Exception as exc:
                 self.audit.append("unwrap", key_id, f"error: {type(exc).__name__}", context)
                 raise
             self.audit.append("unwrap", key_id, "ok", context)
             return dek
 
+    def _private_key(self, name: str, version: int, sealed: str) -> rsa.RSAPrivateKey:
+        """The parsed RSA private key of ``name``/``version``, parsed once per keystore."""
+        cache_key = (name, version, sealed)
+        private = self._rsa_cache.get(cache_key)
+        if private is None:
+            raw = self._open_material(name, version, sealed, self._key_path(name))
+            loaded = serialization.load_der_private_key(raw, password=None)
+            assert isinstance(loaded, rsa.RSAPrivateKey)
+            private = loaded
+            if len(self._rsa_cache) >= _RSA_CACHE_SIZE:
+                self._rsa_cache.pop(next(iter(self._rsa_cache)))
+            self._rsa_cache[cache_key] = private
+        return private
+
     def _unwrap_with(
-        self, key_type: str, raw: bytes, wrapped: WrappedKey, context: Mapping[str, str]
+        self,
+        key_type: str,
+        name: str,
+        version: int,
+        entry: Mapping[str, Any],
+        wrapped: WrappedKey,
+        context: Mapping[str, str],
     ) -> bytes:
         fail = UnwrapError(
             f"{wrapped.key_id}: wrapped key did not authenticate (tampered, or wrapped under "
@@ -534,6 +692,7 @@ class Keystore:
         if key_type == "aes256":
             if wrapped.algorithm != AES_ALG:
                 raise UnwrapError(f"{wrapped.key_id}: unexpected algorithm {wrapped.algorithm!r}")
+            raw = self._open_material(name, version, entry["material"], self._key_path(name))
             ct = wrapped.ciphertext
             try:
                 return AESGCM(raw).decrypt(ct[:12], ct[12:], self._aad(wrapped.key_id, context))
@@ -541,12 +700,29 @@ class Keystore:
                 raise fail from None
         if wrapped.algorithm != RSA_ALG:
             raise UnwrapError(f"{wrapped.key_id}: unexpected algorithm {wrapped.algorithm!r}")
-        private = serialization.load_der_private_key(raw, password=None)
-        assert isinstance(private, rsa.RSAPrivateKey)
+        private = self._private_key(name, version, entry["material"])
         try:
             return private.decrypt(wrapped.ciphertext, _OAEP)
         except ValueError:
             raise fail from None
+
+    # -- audit ------------------------------------------------------------------------------
+
+    def verify_audit(self, anchor: str | None = None) -> AuditReport:
+        """Verify the audit log (and ``anchor``, see ``AuditLog.verify``), and that the key
+        files are not older than the log: every change records its generation in the log, so
+        keystore.json and keys/ rolled back together while the log was not are detected."""
+        report = self.audit.verify(anchor)
+        with locked(self.directory / ".lock", exclusive=False):
+            meta = self._read_meta()
+        have = int(meta.get("generation", 0))
+        if have < report.generation:
+            raise AuditLogError(
+                f"{self._meta_path} is at generation {have} but the audit log records "
+                f"generation {report.generation}: the keystore's files were rolled back to an "
+                "older copy"
+            )
+        return report
 
     # -- backup and restore -----------------------------------------------------------------
 
@@ -555,9 +731,11 @@ class Keystore:
         if not passphrase:
             raise KeystoreError("refusing to write a backup with an empty passphrase")
         with self._lock():
+            meta = self._read_meta()
             keys = []
-            for path in sorted((self.directory / "keys").glob("*.json")):
-                doc = self._load(path.stem)
+            for name in self._names(meta):
+                doc = self._load(name, meta)
+                path = self._key_path(name)
                 versions = []
                 for v in doc["versions"]:
                     item = {k: v[k] for k in v if k != "material"}
@@ -569,7 +747,7 @@ class Keystore:
                     versions.append(item)
                 keys.append(
                     {
-                        **{k: doc[k] for k in doc if k not in ("versions", "mac")},
+                        **{k: doc[k] for k in doc if k not in ("versions", "mac", "generation")},
                         "versions": versions,
                     }
                 )
@@ -577,9 +755,8 @@ class Keystore:
             params = dict(DEFAULT_KDF)
             salt = os.urandom(16)
             params["salt"] = _b64(salt)
-            bkey = hkdf_sha256(
-                _derive_root(passphrase, params, salt), b"", b"kmsenvelope backup v1", 32
-            )
+            root = derive_root(passphrase, params, salt, KDF_CEILING, "backup")
+            bkey = hkdf_sha256(root, b"", b"kmsenvelope backup v1", 32)
             nonce = os.urandom(12)
             ct = AESGCM(bkey).encrypt(nonce, plain, BACKUP_FORMAT.encode())
             out = {
@@ -596,63 +773,120 @@ class Keystore:
     def restore(self, source: str | os.PathLike[str], passphrase: str) -> list[str]:
         """Merge keys from a backup; return the names restored.
 
-        Keys or versions missing here are added; identical ones are kept; a version whose
-        material differs is a conflict and nothing is written.
+        Keys or versions missing here are added; identical ones are kept. Nothing is written
+        if a version exists with different material, or a key of the same name here is
+        another key (a different identity; for keys made before identities existed: no
+        version with material on both sides to compare).
         """
         data = read_backup(source, passphrase)
         with self._lock():
+            meta = self._read_meta()
             planned: list[dict[str, Any]] = []
+            changed: list[dict[str, Any]] = []
             for key in data["keys"]:
                 name = check_name(key["name"])
                 try:
-                    existing = self._load(name)
+                    existing = self._load(name, meta)
                 except KeyNotFoundError:
                     existing = None
-                planned.append(self._merge(name, key, existing))
-            for doc in planned:
-                self._save(doc)
+                before = None if existing is None else _canonical(existing)
+                doc = self._merge(name, key, existing)
+                planned.append(doc)
+                if before is None or _canonical(doc) != before:
+                    changed.append(doc)
+            generation = self._commit(self._prepare(meta), changed) if changed else None
             names = [d["name"] for d in planned]
-            self.audit.append("keystore.restore", "local:*", detail={"keys": names})
+            self.audit.append(
+                "keystore.restore", "local:*", detail={"keys": names}, generation=generation
+            )
             return names
 
     def _merge(
         self, name: str, key: Mapping[str, Any], existing: dict[str, Any] | None
     ) -> dict[str, Any]:
-        doc = existing or {
-            "format": KEY_FORMAT,
-            "name": name,
-            "type": key["type"],
-            "created": key["created"],
-            "enabled": bool(key["enabled"]),
-            "current": int(key["current"]),
-            "versions": [],
-        }
+        if existing is None:
+            doc: dict[str, Any] = {
+                "format": KEY_FORMAT,
+                "name": name,
+                "uuid": str(key.get("uuid") or uuid.uuid4()),
+                "type": key["type"],
+                "created": key["created"],
+                "enabled": bool(key["enabled"]),
+                "current": int(key["current"]),
+                "versions": [],
+            }
+        else:
+            doc = existing
         if doc["type"] != key["type"]:
             raise KeystoreError(
                 f"restore conflict: local:{name} has type {doc['type']} here "
                 f"but {key['type']} in the backup"
             )
         path = self._key_path(name)
+        compared = False
         for v in key["versions"]:
             number = int(v["version"])
-            mine = _find_version(doc, number)
+            entry = _find_version(doc, number)
             raw = _unb64(v["raw"], "backup") if "raw" in v else None
-            if mine is None:
-                entry = {k: v[k] for k in v if k != "raw"}
-                entry["material"] = (
+            if entry is None:
+                new = {k: v[k] for k in v if k != "raw"}
+                new["material"] = (
                     self._seal_material(name, number, raw) if raw is not None else None
                 )
-                doc["versions"].append(entry)
-            elif raw is not None and mine.get("material") is not None:
-                current = self._open_material(name, number, mine["material"], path)
+                doc["versions"].append(new)
+            elif raw is not None and entry.get("material") is not None:
+                current = self._open_material(name, number, entry["material"], path)
                 if not hmac.compare_digest(current, raw):
                     raise KeystoreError(
                         f"restore conflict: local:{name}/{number} exists here with different "
                         "key material; nothing was restored"
                     )
+                compared = True
+        mine, theirs = doc.get("uuid"), key.get("uuid")
+        if existing is not None and mine and theirs and mine != theirs:
+            raise KeystoreError(
+                f"restore conflict: local:{name} in the backup is another key than local:{name} "
+                "here (same name, different identity: another keystore's key?); nothing was "
+                "restored (restore that backup into a keystore of its own)"
+            )
+        if existing is not None and not (mine and theirs):
+            if not compared:
+                raise KeystoreError(
+                    f"restore conflict: cannot tell whether local:{name} in the backup is the "
+                    f"key local:{name} here (one of them predates key identities, and no version "
+                    "has key material on both sides to compare); nothing was restored"
+                )
+            if theirs and not mine:
+                doc["uuid"] = theirs
         doc["versions"].sort(key=lambda e: int(e["version"]))
         doc["current"] = max(int(doc["current"]), int(key["current"]))
         return doc
+
+
+def _make_check(keys: StoreKeys, store_id: str, store_format: str) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(keys.enc).encrypt(nonce, _CHECK, check_aad(store_id, store_format))
+
+
+def _wrong_passphrase(path: Path, passphrase: str) -> str:
+    """The wrong-passphrase message; it names the environment variable only when the
+    passphrase came from it."""
+    from .provider import PASSPHRASE_ENV
+
+    from_env = os.environ.get(PASSPHRASE_ENV) == passphrase
+    hint = f" (it came from {PASSPHRASE_ENV})" if from_env else ""
+    return f"the passphrase does not open the keystore at {path}{hint}"
+
+
+def _destroyable(doc: Mapping[str, Any], name: str, version: int) -> VersionInfo:
+    entry = _find_version(doc, version)
+    if entry is None:
+        raise KeyNotFoundError(f"local:{name}/{version}: no such key version")
+    if entry["state"] != "destroyed" and int(doc["current"]) == version:
+        raise KeystoreError(
+            f"local:{name}/{version} is the current version; rotate the key before destroying it"
+        )
+    return VersionInfo(version, entry["state"], entry["created"], entry.get("destroyed"))
 
 
 def read_backup(source: str | os.PathLike[str], passphrase: str) -> dict[str, Any]:
@@ -670,7 +904,10 @@ def read_backup(source: str | os.PathLike[str], passphrase: str) -> dict[str, An
         raise KeystoreError(f"backup file {path} does not exist") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise KeystoreCorruptError(f"{path}: not a kmsenvelope keystore backup") from None
-    bkey = hkdf_sha256(_derive_root(passphrase, params, salt), b"", b"kmsenvelope backup v1", 32)
+    # The ceiling is checked before Argon2id runs: a crafted backup asking for gigabytes is
+    # refused at once instead of holding the memory for minutes.
+    root = derive_root(passphrase, params, salt, KDF_CEILING, str(path))
+    bkey = hkdf_sha256(root, b"", b"kmsenvelope backup v1", 32)
     try:
         plain = AESGCM(bkey).decrypt(nonce, ct, BACKUP_FORMAT.encode())
     except (InvalidTag, ValueError):

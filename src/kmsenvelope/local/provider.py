@@ -1,7 +1,8 @@
 """The ``local`` provider: KEKs named ``local:NAME`` or ``local:NAME/VERSION``.
 
-Settings (``[providers.local]``): ``keystore`` -- the keystore directory (also
-``KMSENVELOPE_KEYSTORE``; default ``<user data dir>/kmsenvelope/keystore``). The passphrase
+Settings (``[providers.local]``, declared in ``LOCAL_SETTINGS``): ``keystore`` -- the keystore
+directory (also ``KMSENVELOPE_KEYSTORE``; default ``<user data dir>/kmsenvelope/keystore``); any
+other name is an error (a typo must not silently select the default keystore). The passphrase
 comes from ``KMSENVELOPE_KEYSTORE_PASSPHRASE`` or, on a terminal, a prompt.
 """
 
@@ -17,9 +18,18 @@ from typing import Any
 
 from ..errors import ConfigError, KeystoreError
 from ..kek import WrappedKey
+from ..settings import Setting, SettingsSchema
 from .keystore import VERSION_PATTERN, Keystore, check_name
 
-__all__ = ["LocalKEK", "default_keystore_dir", "factory", "open_keystore", "passphrase_from_env"]
+__all__ = [
+    "LOCAL_SETTINGS",
+    "LocalKEK",
+    "default_keystore_dir",
+    "factory",
+    "keystore_dir",
+    "open_keystore",
+    "passphrase_from_env",
+]
 
 PASSPHRASE_ENV = "KMSENVELOPE_KEYSTORE_PASSPHRASE"  # noqa: S105 - a variable name
 
@@ -31,14 +41,24 @@ def default_keystore_dir() -> Path:
     return Path(platformdirs.user_data_dir("kmsenvelope")) / "keystore"
 
 
+LOCAL_SETTINGS = SettingsSchema(
+    "local",
+    (
+        Setting(
+            "keystore",
+            "path",
+            help="keystore directory (default: <user data dir>/kmsenvelope/keystore)",
+        ),
+    ),
+)
+"""The settings of the ``local`` provider."""
+
+
 def keystore_dir(settings: Mapping[str, Any]) -> Path:
-    """The keystore directory named by the settings, or the default."""
-    value = settings.get("keystore")
-    if value is None:
-        return default_keystore_dir()
-    if not isinstance(value, str) or not value:
-        raise ConfigError("providers.local.keystore must be a directory path (string)")
-    return Path(value).expanduser()
+    """The keystore directory named by the settings (checked against ``LOCAL_SETTINGS``:
+    an unknown name such as ``keystor`` is a ``ConfigError``), or the default."""
+    value = LOCAL_SETTINGS.parse(settings)["keystore"]
+    return default_keystore_dir() if value is None else Path(value)
 
 
 def passphrase_from_env(*, prompt: str = "Keystore passphrase: ", confirm: bool = False) -> str:
@@ -50,12 +70,27 @@ def passphrase_from_env(*, prompt: str = "Keystore passphrase: ", confirm: bool 
         raise KeystoreError(
             f"the keystore passphrase is needed: set {PASSPHRASE_ENV} or run on a terminal"
         )
-    first = getpass.getpass(prompt)
-    if confirm and getpass.getpass("Repeat passphrase: ") != first:
+    first = ask_secret(prompt)
+    if confirm:  # a new passphrase: refuse a short one before asking for it again
+        from .keystore import MIN_PASSPHRASE_CHARS
+
+        if len(first) < MIN_PASSPHRASE_CHARS:
+            raise KeystoreError(
+                f"a new keystore's passphrase must have at least {MIN_PASSPHRASE_CHARS} characters"
+            )
+    if confirm and ask_secret("Repeat passphrase: ") != first:
         raise KeystoreError("the two passphrases differ")
     if not first:
         raise KeystoreError("empty passphrase")
     return first
+
+
+def ask_secret(prompt: str) -> str:
+    """``getpass`` on the terminal; end of input (Ctrl-D) is a clean ``KeystoreError``."""
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:
+        raise KeystoreError("no passphrase given (end of input at the prompt)") from None
 
 
 def open_keystore(settings: Mapping[str, Any]) -> Keystore:
@@ -119,5 +154,6 @@ class LocalKEK:
 
 
 def factory(uri: str, settings: Mapping[str, Any]) -> LocalKEK:
-    """Provider factory for the ``local`` scheme."""
+    """Provider factory for the ``local`` scheme (settings checked now, not at first use)."""
+    LOCAL_SETTINGS.parse(settings)
     return LocalKEK(uri, settings)
