@@ -217,8 +217,11 @@ def test_keys_lifecycle(cli_keystore: Path) -> None:
     assert run("keys", "enable", "main").returncode == 0
     assert run("decrypt", stdin=first).stdout == b"v1"
 
-    assert_one_line_error(run("keys", "destroy", "main", "--version", "2"), 11)  # current
-    assert run("keys", "destroy", "main", "--version", "1").returncode == 0
+    no_terminal = run("keys", "destroy", "main", "--version", "1")  # no tty, no --yes: refused
+    assert_one_line_error(no_terminal, 2)
+    assert "--yes" in err(no_terminal)
+    assert_one_line_error(run("keys", "destroy", "main", "--version", "2", "--yes"), 11)  # current
+    assert run("keys", "destroy", "main", "--version", "1", "--yes").returncode == 0
     gone = run("decrypt", stdin=first)
     assert gone.returncode == 4
     assert "destroyed" in err(gone)
@@ -282,7 +285,7 @@ def test_restore_with_wrong_backup_passphrase_creates_nothing(
 
 def test_global_options_work_after_the_subcommand(tmp_path: Path) -> None:
     """``--keystore`` (and the other global options) may follow the subcommand too."""
-    env = {**os.environ, "KMSENVELOPE_KEYSTORE_PASSPHRASE": "p"}
+    env = {**os.environ, "KMSENVELOPE_KEYSTORE_PASSPHRASE": "long enough passphrase"}
     ks = tmp_path / "after"
     made = run("keys", "create", "late", "--keystore", str(ks), "-q", env=env)
     assert made.returncode == 0, err(made)

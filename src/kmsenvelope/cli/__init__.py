@@ -5,7 +5,11 @@ not authenticate / is malformed; 4 no recipient could unwrap; 5 unknown provider
 plugin failure; 6 provider error; 7 provider unavailable or throttled; 8 access denied;
 9 key not found; 10 key disabled or destroyed; 11 keystore error (passphrase, corruption);
 12 audit log broken; 13 migration incomplete (some envelopes failed or changed during the
-job); 70 internal error (a bug: please report it); 130 interrupted.
+job); 70 internal error (a bug: please report it); 130 interrupted (Ctrl-C; 129 for SIGHUP,
+143 for SIGTERM: 128 + the signal number, after the same clean-up).
+
+Every line printed here goes through ``safe_text.printable``: key ids, contexts and reasons from
+an envelope or a key store cannot put control characters on the user's terminal or log.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from .context import CliContext
 from .crypto_commands import add_crypto_commands
 from .key_commands import add_key_commands
 from .migrate_commands import add_migrate_commands
+from .progress import end_status_line
+from .safe_text import SafeFormatter, printable
+from .signals import disable_core_dumps, exit_code_for, termination_signals
 
 __all__ = ["build_parser", "main"]
 
@@ -35,7 +42,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors in our format (exit code 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"kmsenvelope: error: {message} (see '{self.prog} --help')\n")
+        end_status_line()
+        self.exit(2, printable(f"kmsenvelope: error: {message} (see '{self.prog} --help')") + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +102,22 @@ def _accept_global_options_everywhere(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
+    disable_core_dumps()  # before any passphrase or key is read
+    with termination_signals():
+        try:
+            return _run(argv)
+        except KeyboardInterrupt as exc:  # also SIGTERM and SIGHUP (signals.Terminated)
+            _say("kmsenvelope: interrupted")
+            return exit_code_for(exc)
+
+
+def _say(line: str) -> None:
+    """Print one line on stderr, escaped, after finishing any progress line."""
+    end_status_line()
+    print(printable(line), file=sys.stderr)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
@@ -101,26 +125,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(ctx, args))
     except KmsEnvelopeError as exc:
-        print(f"kmsenvelope: error: {exc}", file=sys.stderr)
+        _say(f"kmsenvelope: error: {exc}")
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("kmsenvelope: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0 if _quiet_pipe() else 1
     except OSError as exc:
-        print(
-            f"kmsenvelope: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-            file=sys.stderr,
-        )
+        _say(f"kmsenvelope: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         return 1
     except Exception as exc:
         if os.environ.get(DEBUG_ENV):
             raise
-        print(
+        _say(
             f"kmsenvelope: internal error: {type(exc).__name__}: {exc} "
-            f"(set {DEBUG_ENV}=1 for a traceback, and please report it)",
-            file=sys.stderr,
+            f"(set {DEBUG_ENV}=1 for a traceback, and please report it)"
         )
         return EXIT_INTERNAL
 
@@ -141,7 +158,8 @@ def _configure_logging(verbose: int) -> None:
     if verbose or os.environ.get(DEBUG_ENV):
         level = logging.DEBUG if verbose > 1 or os.environ.get(DEBUG_ENV) else logging.INFO
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("kmsenvelope: %(name)s: %(message)s"))
+        handler.setFormatter(SafeFormatter("kmsenvelope: %(name)s: %(message)s"))
+        handler.addFilter(_end_status_line_first)
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
         logging.getLogger("kmsenvelope").setLevel(level)
@@ -149,6 +167,12 @@ def _configure_logging(verbose: int) -> None:
             logging.getLogger(name).setLevel(level)
     elif not root.handlers:
         root.addHandler(logging.NullHandler())  # no "last resort" printing of SDK warnings
+
+
+def _end_status_line_first(record: logging.LogRecord) -> bool:
+    """A log line never lands on the progress bar's line."""
+    end_status_line()
+    return True
 
 
 def _quiet_pipe() -> bool:

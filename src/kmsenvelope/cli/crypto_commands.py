@@ -7,11 +7,20 @@ import json
 import os
 import sys
 
+from ..errors import ConfigError
 from .context import CliContext, Subcommands, parse_pairs
 from .output import open_input, open_output
 from .progress import maybe_progress
 
 __all__ = ["add_crypto_commands"]
+
+
+def _input_name(args: argparse.Namespace) -> str:
+    """The input: ``-i IN`` or the positional ``IN`` (not both); stdin by default."""
+    if args.input is not None and args.file is not None:
+        raise ConfigError(f"two inputs given ({args.input} and {args.file}): use -i IN or IN")
+    name = args.input if args.input is not None else args.file
+    return "-" if name is None else str(name)
 
 
 def _input_size(name: str) -> int | None:
@@ -35,12 +44,13 @@ def _chunk_size(text: str) -> int:
 
 def _encrypt(ctx: CliContext, args: argparse.Namespace) -> int:
     context = parse_pairs(args.context, "--context")
+    name = _input_name(args)
     engine = ctx.engine
     with (
-        open_input(args.input) as src,
+        open_input(name) as src,
         open_output(args.output, binary_to_tty_ok=args.armor) as dst,
     ):
-        bar = maybe_progress(_input_size(args.input), "encrypting", args.quiet)
+        bar = maybe_progress(_input_size(name), "encrypting", args.quiet)
         engine.encrypt_stream(
             src,
             dst,
@@ -51,18 +61,20 @@ def _encrypt(ctx: CliContext, args: argparse.Namespace) -> int:
             progress=bar,
         )
         if bar:
-            bar.close()
+            bar.close(complete=True)
     return 0
 
 
 def _decrypt(ctx: CliContext, args: argparse.Namespace) -> int:
     context = parse_pairs(args.context, "--context")
+    name = _input_name(args)
     engine = ctx.engine
-    with open_input(args.input) as src, open_output(args.output, binary_to_tty_ok=True) as dst:
-        bar = maybe_progress(_input_size(args.input), "decrypting", args.quiet)
+    with open_input(name) as src, open_output(args.output, binary_to_tty_ok=True) as dst:
+        # The bar counts plaintext against the envelope's size: the last update shows the total.
+        bar = maybe_progress(_input_size(name), "decrypting", args.quiet)
         engine.decrypt_stream(src, dst, context or None, progress=bar)
         if bar:
-            bar.close()
+            bar.close(complete=True)
     return 0
 
 
@@ -76,16 +88,36 @@ def _inspect(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
+_OUTPUT_HELP = (
+    "-o never replaces what is not a regular file: a symlink stays a symlink (the file it "
+    "points to is replaced atomically); a device or FIFO is written through, like stdout. "
+    "Interrupted (Ctrl-C, SIGTERM, SIGHUP) or killed, it leaves no partial file."
+)
+
+
+def _add_io(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", metavar="IN", help="input file (same as -i IN)")
+    parser.add_argument("-i", "--input", metavar="IN", help="input file (default: stdin)")
+    parser.add_argument(
+        "-o", "--output", metavar="OUT", default="-", help="output file (default: stdout)"
+    )
+
+
 def add_crypto_commands(sub: Subcommands) -> None:
     """Register the three data commands."""
-    enc = sub.add_parser("encrypt", help="encrypt a file or stdin into an envelope")
-    enc.add_argument("-i", "--input", default="-", help="input file (default: stdin)")
-    enc.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
+    enc = sub.add_parser(
+        "encrypt",
+        help="encrypt a file or stdin into an envelope",
+        description="Encrypt a file (or stdin) into an envelope. Options take one value each; "
+        "repeat them for more (--to A --to B), so a path after them is the input.",
+        epilog=_OUTPUT_HELP,
+    )
+    _add_io(enc)
     enc.add_argument(
         "--to",
         action="append",
         metavar="URI",
-        help="recipient key URI (repeatable; default: config 'recipients')",
+        help="recipient key URI (repeat for more; default: config 'recipients')",
     )
     enc.add_argument(
         "--context", action="append", metavar="K=V", help="encryption context entry (repeatable)"
@@ -109,17 +141,25 @@ def add_crypto_commands(sub: Subcommands) -> None:
         help="decrypt an envelope (binary or compact)",
         description="Decrypt an envelope. With -o FILE the plaintext is written to a temporary "
         "file renamed into place only if the whole envelope authenticates. Written to stdout, "
-        "each chunk is authenticated before it is written, but a truncated or tampered tail is "
-        "only detected at the end: the exit code is then non-zero and what was already written "
-        "must be discarded.",
+        "or with -o to a device or FIFO (e.g. /dev/null, a named pipe), each chunk is "
+        "authenticated before it is written, but it is released at once, before the end of the "
+        "envelope is authenticated: a truncated or tampered tail is only detected at the end, "
+        "the exit code is then non-zero and what was already written must be discarded.",
+        epilog=_OUTPUT_HELP,
     )
-    dec.add_argument("-i", "--input", default="-", help="input file (default: stdin)")
-    dec.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
+    _add_io(dec)
     dec.add_argument(
         "--context",
         action="append",
         metavar="K=V",
         help="required encryption context entry (repeatable)",
+    )
+    dec.add_argument(
+        "--allow",
+        action="append",
+        dest="allow",
+        metavar="PATTERN",
+        help="also allow key URIs matching PATTERN to be contacted (see allowed_keys)",
     )
     dec.set_defaults(handler=_decrypt)
 
