@@ -12,7 +12,7 @@ import io
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from .armor import ArmorWriter, open_envelope_stream, to_compact
 from .engine import Engine
@@ -33,6 +33,18 @@ def matches(selector: Selector, recipient: WrappedKey) -> bool:
     """
     uri = selector if isinstance(selector, str) else selector.key_id
     return recipient.key_id == uri or recipient.key_id.startswith(uri.rstrip("/") + "/")
+
+
+_S = TypeVar("_S", str, Selector)
+
+
+def _unique(items: Iterable[_S]) -> tuple[_S, ...]:
+    """``items`` without repeats, in order (``--to X --to X`` names one recipient, not two)."""
+    out: list[_S] = []
+    for item in items:
+        if not any(item is seen or (isinstance(item, str) and item == seen) for seen in out):
+            out.append(item)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +72,7 @@ class RewrapPlan:
         ):
             if isinstance(value, str | bytes):
                 raise TypeError(f"{name!r} must be a list, not a single string")
-        return cls(tuple(add), tuple(remove), tuple(remove_providers), rotate)
+        return cls(_unique(add), _unique(remove), _unique(remove_providers), rotate)
 
     @property
     def empty(self) -> bool:

@@ -91,15 +91,16 @@ def test_unfinished_journal_needs_resume(tree: Path, tmp_path: Path) -> None:
     journal = tmp_path / ".kmsenvelope-migrate.journal"
     header = {"format": "kmsenvelope-migrate-journal/1", "job": {"x": 1}, "started": 0}
     journal.write_text(json.dumps(header) + "\n")
-    proc = run("migrate", str(tree), "--to", "local:new", cwd=tmp_path)
+    named = ("--journal", str(journal))
+    proc = run("migrate", str(tree), "--to", "local:new", *named, cwd=tmp_path)
     assert proc.returncode == 2
     assert "--resume" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run("migrate", str(tree), "--to", "local:new", "--resume", cwd=tmp_path)
+    proc = run("migrate", str(tree), "--to", "local:new", "--resume", *named, cwd=tmp_path)
     assert proc.returncode == 2
     assert "different migration" in proc.stderr
     journal.unlink()
-    proc = run("migrate", str(tree), "--to", "local:new", "--resume", cwd=tmp_path)
+    proc = run("migrate", str(tree), "--to", "local:new", "--resume", *named, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr  # --resume with no journal starts a new job
 
 
@@ -119,6 +120,7 @@ def test_failed_envelope_reported_and_exit_13(
         "local:new",
         "--remove",
         "local:old",
+        "--remove",
         "local:gone",
         "--report",
         str(report),

@@ -13,16 +13,19 @@ from ..migrate import (
     FilesystemStore,
     GuardedEngine,
     Journal,
+    MigrationInterrupted,
     MigrationProgress,
     MigrationReport,
+    default_journal_path,
     migrate,
 )
 from ..rewrapping import RewrapPlan
 from .context import CliContext, Subcommands, parse_pairs
+from .progress import ProgressBar, end_status_line
+from .safe_text import printable
+from .signals import exit_code_for
 
 __all__ = ["add_migrate_commands"]
-
-DEFAULT_JOURNAL = ".kmsenvelope-migrate.journal"
 
 
 def _plan(args: argparse.Namespace, add: list[str] | None) -> RewrapPlan:
@@ -35,12 +38,14 @@ def _plan(args: argparse.Namespace, add: list[str] | None) -> RewrapPlan:
 
 
 def _engine(ctx: CliContext, args: argparse.Namespace) -> GuardedEngine:
+    """The command line's engine (its trust: --allow, --to/--add keys, config) with the job's
+    concurrency bound and rate limits on every provider call."""
     limits = {
         k: _positive(v, "--rate-limit")
         for k, v in parse_pairs(getattr(args, "rate_limit", None), "--rate-limit").items()
     }
     policy = CallPolicy(per_provider=getattr(args, "concurrency", 8), rate_limits=limits)
-    return GuardedEngine(policy, registry=ctx.engine.registry, config=ctx.config)
+    return GuardedEngine.around(ctx.engine, policy)
 
 
 def _positive(text: str, option: str) -> float:
@@ -53,23 +58,21 @@ def _positive(text: str, option: str) -> float:
     return value
 
 
-class _ProgressLine:
-    """``done, failed, rate, ETA`` on one refreshed stderr line (terminals only)."""
+class _MigrationBar:
+    """Items done (and failed), rate and ETA on the shared status line (terminals only)."""
 
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.last = 0.0
+    def __init__(self) -> None:
+        self.bar: ProgressBar | None = None
 
     def __call__(self, p: MigrationProgress) -> None:
-        if p.elapsed - self.last < 0.1 and p.done + p.failed < p.total:
-            return
-        self.last = p.elapsed
-        eta = f"{p.eta:.0f}s" if p.eta is not None else "?"
-        sys.stderr.write(
-            f"\r{self.label}: {p.done}/{p.total} done, {p.failed} failed, "
-            f"{p.rate:.1f}/s, ETA {eta}   "
-        )
-        sys.stderr.flush()
+        if self.bar is None:
+            self.bar = ProgressBar(p.total, "migrating", unit="items")
+            self.bar.start -= p.elapsed  # the job started before its first item finished
+        self.bar.set(p.done + p.failed, f"{p.failed} failed" if p.failed else "")
+
+    def close(self, complete: bool) -> None:
+        if self.bar is not None:
+            self.bar.close(complete)
 
 
 def _print_summary(report: MigrationReport, quiet: bool, dry_run: bool) -> None:
@@ -78,31 +81,54 @@ def _print_summary(report: MigrationReport, quiet: bool, dry_run: bool) -> None:
     s = report.summary()
     if dry_run:
         for key, change in sorted(report.would_change.items()):
-            print(f"would {change}: {key}", file=sys.stderr)
+            print(f"would {printable(change)}: {printable(key)}", file=sys.stderr)
+        counts = f"{s['would_change']} would be migrated, "
+    else:
+        counts = f"{s['migrated']} migrated, "
+    left = f"interrupted with {s['left']} not done; " if report.interrupted else ""
+    earlier = "" if dry_run else f"{s['already_done']} done earlier, "
+    changed = "" if dry_run else f", {s['conflicts']} changed by others"
     print(
-        f"{'dry run: ' if dry_run else ''}{s['total']} items: {s['migrated']} migrated, "
-        f"{s['unchanged']} already up to date, {s['already_done']} done earlier, "
-        f"{s['skipped']} skipped (not envelopes), {s['failed']} failed, "
-        f"{s['conflicts']} changed by others; {s['seconds']}s",
+        f"{'dry run: ' if dry_run else ''}{s['total']} items: {counts}"
+        f"{s['unchanged']} already up to date, {earlier}"
+        f"{s['skipped']} skipped (not envelopes), {s['failed']} failed{changed}; "
+        f"{left}{s['seconds']}s",
         file=sys.stderr,
     )
     for key, reason in sorted(report.failed.items()):
-        print(f"  failed: {key}: {reason}", file=sys.stderr)
+        print(f"  failed: {printable(key)}: {printable(reason)}", file=sys.stderr)
     for key in sorted(report.conflicts):
-        print(f"  changed during the job, not overwritten: {key}", file=sys.stderr)
+        print(f"  changed during the job, not overwritten: {printable(key)}", file=sys.stderr)
+
+
+def _write_report(report: MigrationReport, args: argparse.Namespace) -> None:
+    if getattr(args, "report", None):
+        Path(args.report).write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 
 def _finish(report: MigrationReport, args: argparse.Namespace, dry_run: bool) -> int:
-    if getattr(args, "report", None):
-        Path(args.report).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    _write_report(report, args)
     _print_summary(report, args.quiet, dry_run)
     if not report.ok:
         raise MigrationIncompleteError(
             f"{len(report.failed)} envelope(s) failed and {len(report.conflicts)} changed during "
             "the job; nothing else was lost (details above"
-            + (f" and in {args.report})" if getattr(args, "report", None) else ")")
+            + (f" and in {printable(args.report)})" if getattr(args, "report", None) else ")")
         )
     return 0
+
+
+def _interrupted(
+    stop: MigrationInterrupted, args: argparse.Namespace, dry_run: bool, resumable: bool
+) -> int:
+    """Ctrl-C (or SIGTERM/SIGHUP): the job has stopped cleanly; write the report, say what was
+    done and how to go on; exit 130 (128 + the signal number)."""
+    end_status_line()
+    _write_report(stop.report, args)
+    _print_summary(stop.report, args.quiet, dry_run)
+    hint = "; run the same command with --resume to continue" if resumable else ""
+    print(f"kmsenvelope: interrupted{hint}", file=sys.stderr)
+    return exit_code_for(stop.interrupt)
 
 
 def _rewrap(ctx: CliContext, args: argparse.Namespace) -> int:
@@ -111,37 +137,48 @@ def _rewrap(ctx: CliContext, args: argparse.Namespace) -> int:
         raise ConfigError("nothing to do: pass --add, --remove, --remove-provider or --rotate")
     for name in args.files:
         if not Path(name).is_file():
-            raise ConfigError(f"{name} is not a file")
+            raise ConfigError(f"{printable(name)} is not a file")
     store = FilesystemStore(args.files)
-    report = migrate(store, _engine(ctx, args), plan, concurrency=1)
+    try:
+        report = migrate(store, _engine(ctx, args), plan, concurrency=1)
+    except MigrationInterrupted as stop:
+        return _interrupted(stop, args, dry_run=False, resumable=False)
     if not args.quiet:
         for key in report.migrated:
-            print(f"rewrapped {key}", file=sys.stderr)
+            print(f"rewrapped {printable(key)}", file=sys.stderr)
     for key in report.skipped:
         report.failed[key] = "not a kmsenvelope envelope"
     report.skipped.clear()
     return _finish(report, args, dry_run=False)
 
 
+def _job(args: argparse.Namespace) -> dict[str, object]:
+    """What the job is (its store and plan), order-free: it names the default journal."""
+    return {
+        "paths": sorted({str(Path(p).resolve()) for p in args.paths}),
+        "to": sorted(set(args.to)),
+        "remove": sorted(set(args.remove or [])),
+        "remove_provider": sorted(set(args.remove_provider or [])),
+        "rotate": bool(args.rotate),
+    }
+
+
 def _migrate(ctx: CliContext, args: argparse.Namespace) -> int:
     plan = _plan(args, args.to)
     if args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
-    journal_path = Path(args.journal)
-    exclude = [journal_path] + ([Path(args.report)] if args.report else [])
-    store = FilesystemStore(args.paths, exclude=exclude)
-    engine = _engine(ctx, args)
-    job = {
-        "paths": [str(Path(p).resolve()) for p in args.paths],
-        "to": list(args.to),
-        "remove": list(args.remove or []),
-        "remove_provider": list(args.remove_provider or []),
-        "rotate": bool(args.rotate),
-    }
-    journal = None if args.dry_run else Journal.open(journal_path, job, resume=args.resume)
+    job = _job(args)
+    journal_path = None
     if not args.dry_run:
+        journal_path = Path(args.journal) if args.journal else default_journal_path(job)
+    exclude = [p for p in (journal_path, Path(args.report) if args.report else None) if p]
+    store = FilesystemStore(args.paths, exclude=exclude)  # never migrates its own journal
+    engine = _engine(ctx, args)
+    journal = None
+    if journal_path is not None:
+        journal = Journal.open(journal_path, job, resume=args.resume)
         store.clean_temporary()
-    bar = _ProgressLine("migrating") if sys.stderr.isatty() and not args.quiet else None
+    bar = _MigrationBar() if sys.stderr.isatty() and not args.quiet else None
     try:
         report = migrate(
             store,
@@ -152,39 +189,56 @@ def _migrate(ctx: CliContext, args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             progress=bar,
         )
+    except MigrationInterrupted as stop:
+        if bar is not None:
+            bar.close(complete=False)
+        return _interrupted(stop, args, args.dry_run, resumable=journal is not None)
     finally:
         if journal is not None:
             journal.close()
-        if bar is not None:
-            sys.stderr.write("\n")
+    if bar is not None:
+        bar.close(complete=True)
     return _finish(report, args, dry_run=args.dry_run)
 
 
+def _allow_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow",
+        action="append",
+        dest="allow",
+        metavar="PATTERN",
+        help="also allow key URIs matching PATTERN to be contacted to unwrap (see allowed_keys)",
+    )
+
+
 def add_migrate_commands(sub: Subcommands) -> None:
-    """Register ``rewrap`` and ``migrate``."""
+    """Register ``rewrap`` and ``migrate``.
+
+    Options naming keys take one value each and are repeated (``--to A --to B``), so they never
+    swallow the paths that follow them.
+    """
     p = sub.add_parser(
         "rewrap",
         help="change the recipients of envelope files in place (payload untouched)",
     )
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--add", action="extend", nargs="+", metavar="URI", help="recipient to add")
+    p.add_argument("--add", action="append", metavar="URI", help="recipient to add (repeatable)")
     p.add_argument(
         "--remove",
-        action="extend",
-        nargs="+",
+        action="append",
         metavar="URI",
-        help="recipient to drop (as recorded, or its versionless URI)",
+        help="recipient to drop, as recorded or its versionless URI (repeatable)",
     )
     p.add_argument(
         "--remove-provider",
-        action="extend",
-        nargs="+",
+        action="append",
         metavar="NAME",
-        help="drop every recipient of this provider (scheme)",
+        help="drop every recipient of this provider (scheme) (repeatable)",
     )
     p.add_argument(
         "--rotate", action="store_true", help="move each recipient to its key's current version"
     )
+    _allow_option(p)
     p.set_defaults(handler=_rewrap)
 
     m = sub.add_parser(
@@ -194,24 +248,23 @@ def add_migrate_commands(sub: Subcommands) -> None:
     m.add_argument("paths", nargs="+", metavar="PATH")
     m.add_argument(
         "--to",
-        action="extend",
-        nargs="+",
+        action="append",
         metavar="URI",
         required=True,
-        help="recipient(s) every envelope must have",
+        help="recipient every envelope must have (repeatable)",
     )
     group = m.add_mutually_exclusive_group()
     group.add_argument(
-        "--remove", action="extend", nargs="+", metavar="URI", help="recipient(s) to drop"
+        "--remove", action="append", metavar="URI", help="recipient to drop (repeatable)"
     )
     group.add_argument(
         "--remove-provider",
-        action="extend",
-        nargs="+",
+        action="append",
         metavar="NAME",
-        help="drop every recipient of these providers",
+        help="drop every recipient of this provider (repeatable)",
     )
     m.add_argument("--rotate", action="store_true", help="also move to current key versions")
+    _allow_option(m)
     m.add_argument(
         "--concurrency",
         type=int,
@@ -233,13 +286,16 @@ def add_migrate_commands(sub: Subcommands) -> None:
     m.add_argument(
         "--resume",
         action="store_true",
-        help="continue the job in the journal (a new job if there is none)",
+        help="continue this job where it stopped: what it finished is not touched again "
+        "(a new job if it has no journal)",
     )
     m.add_argument(
         "--journal",
-        default=DEFAULT_JOURNAL,
         metavar="FILE",
-        help=f"job journal (default ./{DEFAULT_JOURNAL})",
+        help="job journal (default: one per job, in the user's state directory, e.g. "
+        "~/.local/state/kmsenvelope/journals/)",
     )
-    m.add_argument("--report", metavar="FILE", help="write a JSON report of every outcome")
+    m.add_argument(
+        "--report", metavar="FILE", help="write a JSON report of every outcome (also on Ctrl-C)"
+    )
     m.set_defaults(handler=_migrate)

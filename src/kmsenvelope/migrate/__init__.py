@@ -9,24 +9,28 @@ killed job resumes without redoing or skipping work.
 """
 
 from ..rewrapping import RewrapPlan
-from .fs_store import FilesystemStore
-from .guard import CallPolicy, GuardedEngine, RateLimiter
-from .journal import Journal
-from .runner import MigrationProgress, MigrationReport, migrate
+from .fs_store import FileOps, FilesystemStore
+from .guard import CallPolicy, GuardedEngine, JobCancelled, RateLimiter
+from .journal import Journal, default_journal_path
+from .runner import MigrationInterrupted, MigrationProgress, MigrationReport, migrate
 from .sqlite_store import SqliteStore
 from .store import EnvelopeStore, StoredItem
 
 __all__ = [
     "CallPolicy",
     "EnvelopeStore",
+    "FileOps",
     "FilesystemStore",
     "GuardedEngine",
+    "JobCancelled",
     "Journal",
+    "MigrationInterrupted",
     "MigrationProgress",
     "MigrationReport",
     "RateLimiter",
     "RewrapPlan",
     "SqliteStore",
     "StoredItem",
+    "default_journal_path",
     "migrate",
 ]

@@ -11,9 +11,45 @@ from pathlib import Path
 from ..errors import ConfigError
 from .store import StoredItem, Writer
 
-__all__ = ["FilesystemStore"]
+__all__ = ["FileOps", "FilesystemStore"]
 
 TEMP_SUFFIX = ".kmsenv-tmp"
+
+
+class FileOps:
+    """The filesystem steps of the store's replace protocol, one method each.
+
+    The protocol: a temporary file in the target's directory, the new content written and
+    fsynced, the target's mode copied, an atomic rename over the target, then the directory
+    fsynced so the rename itself survives a power cut. Tests pass a subclass that records the
+    sequence or stops the process between two steps.
+    """
+
+    def make_temp(self, target: Path) -> tuple[int, str]:
+        """Create ``.NAME.*.kmsenv-tmp`` next to ``target``, owner-only; its fd and path."""
+        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+
+    def fsync(self, fd: int) -> None:
+        """Flush a file's content to stable storage."""
+        os.fsync(fd)
+
+    def fchmod(self, fd: int, mode: int) -> None:
+        os.fchmod(fd, mode)
+
+    def replace(self, src: str, dst: Path) -> None:
+        """Atomically rename ``src`` over ``dst``."""
+        os.replace(src, dst)
+
+    def fsync_dir(self, directory: Path) -> None:
+        """Flush a directory's entries (a rename in it) to stable storage."""
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
 
 
 def _version(st: os.stat_result) -> str:
@@ -29,8 +65,13 @@ class FilesystemStore:
     """
 
     def __init__(
-        self, paths: Sequence[str | os.PathLike[str]], exclude: Iterable[Path] = ()
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        exclude: Iterable[Path] = (),
+        *,
+        ops: FileOps | None = None,
     ) -> None:
+        self._ops = ops if ops is not None else FileOps()
         self.paths = [Path(p) for p in paths]
         for p in self.paths:
             if not p.exists():
@@ -78,29 +119,27 @@ class FilesystemStore:
         return StoredItem(fh, _version(os.fstat(fh.fileno())))
 
     def write(self, key: str, version: str, writer: Writer) -> bool:
+        """Temporary file, fsync, conditional atomic rename, directory fsync (see FileOps)."""
+        ops = self._ops
         path = Path(key)
         st = os.stat(path)
         if _version(st) != version:
             return False
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp = ops.make_temp(path)
         try:
             with os.fdopen(fd, "wb") as fh:
                 writer(fh)
                 fh.flush()
-                os.fchmod(fh.fileno(), st.st_mode & 0o7777)
-                os.fsync(fh.fileno())
+                ops.fchmod(fh.fileno(), st.st_mode & 0o7777)
+                ops.fsync(fh.fileno())
             # Conditional write: compare again right before the rename.
             if _version(os.stat(path)) != version:
-                os.unlink(tmp)
+                ops.unlink(tmp)
                 return False
-            os.replace(tmp, path)
+            ops.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        ops.fsync_dir(path.parent)
         return True

@@ -12,14 +12,24 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..config import Config
-from ..engine import Engine
+from ..engine import KEK_CACHE_SIZE, Engine
 from ..errors import ProviderUnavailableError
 from ..kek import KeyEncryptionKey, RotatableKey, WrappedKey, scheme_of
 from ..plugins import ProviderRegistry
+from ..trust import LruCache
 
-__all__ = ["CallPolicy", "GuardedEngine", "RateLimiter"]
+__all__ = ["CallPolicy", "GuardedEngine", "JobCancelled", "RateLimiter"]
 
 T = TypeVar("T")
+
+
+class JobCancelled(BaseException):
+    """Raised in a worker thread at its next provider call once the job is stopping (Ctrl-C).
+
+    A ``BaseException``, so that the engine's handling of provider failures never mistakes it
+    for a key that failed: the envelope is left as it was and is not journaled (a resumed job
+    does it again).
+    """
 
 
 class RateLimiter:
@@ -34,8 +44,11 @@ class RateLimiter:
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
+    def acquire(self, cancelled: threading.Event | None = None) -> None:
+        """Take one token, waiting for it; ``JobCancelled`` at once if ``cancelled`` is set."""
         while True:
+            if cancelled is not None and cancelled.is_set():
+                raise JobCancelled()
             with self._lock:
                 now = time.monotonic()
                 self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
@@ -44,7 +57,10 @@ class RateLimiter:
                     self._tokens -= 1
                     return
                 wait = (1 - self._tokens) / self.rate
-            time.sleep(wait)
+            if cancelled is None:
+                time.sleep(wait)
+            elif cancelled.wait(wait):
+                raise JobCancelled()
 
 
 @dataclass
@@ -56,10 +72,12 @@ class CallPolicy:
     retries: int = 8
     backoff_base: float = 0.1
     backoff_max: float = 10.0
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] | None = None
+    """How to wait between retries (default: a wait that :meth:`cancel` cuts short)."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._cancelled = threading.Event()
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._limiters = {s: RateLimiter(r) for s, r in self.rate_limits.items()}
         self.retried = 0
@@ -71,6 +89,25 @@ class CallPolicy:
                 slot = self._slots[scheme] = threading.BoundedSemaphore(self.per_provider)
             return slot
 
+    def cancel(self) -> None:
+        """Stop the job: waits (rate limit, backoff) end at once and every later call raises
+        ``JobCancelled`` instead of reaching the provider. Calls already at the provider finish."""
+        self._cancelled.set()
+
+    def reset(self) -> None:
+        """Allow calls again after :meth:`cancel` (the next job may reuse this policy)."""
+        self._cancelled.clear()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _pause(self, seconds: float) -> None:
+        if self.sleep is not None:
+            self.sleep(seconds)
+        elif self._cancelled.wait(seconds):
+            raise JobCancelled()
+
     def delay(self, attempt: int, error: ProviderUnavailableError) -> float:
         """Full-jitter exponential backoff, never shorter than the service's Retry-After."""
         ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
@@ -81,17 +118,21 @@ class CallPolicy:
     def call(self, scheme: str, fn: Callable[[], T]) -> T:
         limiter = self._limiters.get(scheme)
         for attempt in range(self.retries + 1):
+            if self._cancelled.is_set():
+                raise JobCancelled()
             try:
                 with self._slot(scheme):
                     if limiter is not None:
-                        limiter.acquire()
+                        limiter.acquire(self._cancelled)
+                    elif self._cancelled.is_set():
+                        raise JobCancelled()  # waited for a slot while the job was stopped
                     return fn()
             except ProviderUnavailableError as exc:  # throttled, 5xx, timeouts
                 if attempt == self.retries:
                     raise
                 with self._lock:
                     self.retried += 1
-                self.sleep(self.delay(attempt, exc))
+                self._pause(self.delay(attempt, exc))
         raise AssertionError("unreachable")
 
 
@@ -133,20 +174,42 @@ class GuardedEngine(Engine):
         config: Config | None = None,
         keys: Sequence[KeyEncryptionKey] = (),
         allowed_keys: Sequence[str] | None = None,
+        allow: Sequence[str] = (),
+        trusted_keys: Sequence[str] = (),
+        max_unwrap_attempts: int | None = None,
     ) -> None:
-        super().__init__(registry=registry, config=config, keys=keys, allowed_keys=allowed_keys)
+        super().__init__(
+            registry=registry,
+            config=config,
+            keys=keys,
+            allowed_keys=allowed_keys,
+            allow=allow,
+            trusted_keys=trusted_keys,
+            max_unwrap_attempts=max_unwrap_attempts,
+        )
+        self._init_guard(policy)
+
+    @classmethod
+    def around(cls, engine: Engine, policy: CallPolicy) -> GuardedEngine:
+        """``engine`` itself -- registry, configuration, trust settings (``allow``, named keys,
+        ``allowed_keys``), supplied KEKs, limits -- with its provider calls bounded by ``policy``.
+
+        The CLI uses this so a job trusts exactly what the command line's engine trusts.
+        """
+        guarded = cls.__new__(cls)
+        guarded.__dict__.update(vars(engine))  # shares the opened-KEK cache, which is thread-safe
+        guarded._init_guard(policy)
+        return guarded
+
+    def _init_guard(self, policy: CallPolicy) -> None:
         self.policy = policy
-        self._guarded: dict[str, KeyEncryptionKey] = {}
-        self._guard_lock = threading.Lock()
+        self._guarded: LruCache[KeyEncryptionKey] = LruCache(KEK_CACHE_SIZE)
 
     def open_key(self, uri: str) -> KeyEncryptionKey:
-        with self._guard_lock:
-            found = self._guarded.get(uri)
+        found = self._guarded.get(uri)
         if found is not None:
             return found
-        guarded = _GuardedKEK(super().open_key(uri), self.policy)
-        with self._guard_lock:
-            return self._guarded.setdefault(uri, guarded)
+        return self._guarded.setdefault(uri, _GuardedKEK(super().open_key(uri), self.policy))
 
     def open_fresh(self, uri: str) -> KeyEncryptionKey:
         return _GuardedKEK(super().open_fresh(uri), self.policy)

@@ -4,10 +4,15 @@ JSON lines, each synced to disk before the job moves on: a first line describing
 then one line per finished item (``done``, ``unchanged``, ``skipped``, ``failed``,
 ``conflict``), and ``complete`` at the end. Items recorded as done, unchanged or skipped are
 not touched again on ``--resume``; failed and conflicting ones are retried.
+
+The CLI keeps one journal per job in the user's state directory, named by a digest of what the
+job is (:func:`default_journal_path`), so two jobs never share one. Journals are owner-only
+(0600, in a 0700 directory): they list every file of the job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -19,10 +24,30 @@ from typing import Any
 from ..errors import ConfigError
 from ..local.files import drop_torn_tail
 
-__all__ = ["FINAL", "Journal"]
+__all__ = ["FINAL", "Journal", "default_journal_path"]
 
 FORMAT = "kmsenvelope-migrate-journal/1"
 FINAL = frozenset({"done", "unchanged", "skipped"})
+
+
+def default_journal_path(job: Mapping[str, Any]) -> Path:
+    """Where the journal of ``job`` lives by default: ``user_state_dir/journals/``, one file per
+    job, named by a digest of the job's description (its store and plan), so that two different
+    jobs never collide and the same job always finds its own journal again. Creates the
+    owner-only directory if needed."""
+    import platformdirs
+
+    canonical = json.dumps(dict(job), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    directory = Path(platformdirs.user_state_dir("kmsenvelope")) / "journals"
+    _private_dir(directory)
+    return directory / f"migrate-{digest}.journal"
+
+
+def _private_dir(directory: Path) -> None:
+    """Create ``directory`` (and the state directory above it) owner-only if missing."""
+    directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory.mkdir(exist_ok=True, mode=0o700)
 
 
 class Journal:
@@ -33,29 +58,40 @@ class Journal:
         self._statuses = statuses
         self.was_complete = complete
         self._lock = threading.Lock()
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        self._fd = os.open(path, flags, 0o600)
+        try:
+            os.fchmod(self._fd, 0o600)  # owner-only even if someone made the file before us
+        except OSError:
+            os.close(self._fd)
+            raise
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], job: Mapping[str, Any], *, resume: bool) -> Journal:
-        """Start a journal, or with ``resume`` continue the one at ``path`` (if any)."""
+        """Start a journal, or with ``resume`` continue the one at ``path`` (if any).
+
+        A finished journal never blocks a new job: it is replaced, unless ``resume`` asks to
+        continue that very job (then its finished items are not touched again). An unfinished
+        one is continued with ``resume`` (if it is the same job) and refused otherwise.
+        """
         target = Path(path)
         if not target.exists():
             journal = cls(target, {}, False)
             journal._append({"format": FORMAT, "job": dict(job), "started": time.time()})
             return journal
         statuses, spec, complete = cls._load(target)
-        if not resume:
-            if not complete:
-                raise ConfigError(
-                    f"{target} holds an unfinished migration: pass --resume to continue it, "
-                    "or delete it to start over"
-                )
-            target.unlink()
+        if complete and not (resume and spec == dict(job)):
+            target.unlink()  # a finished job: start the new one afresh
             return cls.open(target, job, resume=False)
+        if not resume:
+            raise ConfigError(
+                f"{target} holds an unfinished migration: pass --resume to continue it, "
+                "or delete it to start over"
+            )
         if spec != dict(job):
             raise ConfigError(
-                f"{target} belongs to a different migration (its job: {json.dumps(spec)}); "
-                "resume with the same targets, or delete it"
+                f"{target} belongs to a different migration that has not finished (its job: "
+                f"{json.dumps(spec)}); resume it with its own targets, or delete it"
             )
         drop_torn_tail(target)
         journal = cls(target, statuses, complete)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -16,10 +16,11 @@ from ..errors import KmsEnvelopeError
 from ..header import COMPACT_PREFIX, MAGIC, read_header
 from ..kek import KeyEncryptionKey
 from ..rewrapping import RewrapPlan, matches, rewrap_header
+from .guard import CallPolicy, JobCancelled
 from .journal import FINAL, Journal
 from .store import EnvelopeStore
 
-__all__ = ["MigrationProgress", "MigrationReport", "migrate"]
+__all__ = ["MigrationInterrupted", "MigrationProgress", "MigrationReport", "migrate"]
 
 _MAGIC_PREFIX = MAGIC[:-1]
 _SNIFF = 80  # bytes read to recognise an envelope (room for whitespace before "kmsenv1.")
@@ -27,7 +28,8 @@ _SNIFF = 80  # bytes read to recognise an envelope (room for whitespace before "
 
 @dataclass
 class MigrationReport:
-    """What happened to every item; ``ok`` is True when nothing failed or conflicted."""
+    """What happened to every item; ``ok`` is True when nothing failed or conflicted and the
+    job ran to the end. ``left`` counts items an interrupted job did not finish."""
 
     total: int = 0
     migrated: list[str] = field(default_factory=list)
@@ -39,10 +41,12 @@ class MigrationReport:
     would_change: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     retries: int = 0
+    interrupted: bool = False
+    left: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.conflicts
+        return not self.failed and not self.conflicts and not self.interrupted
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -53,6 +57,9 @@ class MigrationReport:
             "already_done": self.already_done,
             "failed": len(self.failed),
             "conflicts": len(self.conflicts),
+            "would_change": len(self.would_change),
+            "interrupted": self.interrupted,
+            "left": self.left,
             "seconds": round(self.seconds, 3),
             "provider_retries": self.retries,
         }
@@ -70,6 +77,20 @@ class MigrationReport:
             "skipped": [{"key": k, "reason": "not an envelope"} for k in sorted(self.skipped)],
             "would_change": [{"key": k, "change": v} for k, v in sorted(self.would_change.items())],
         }
+
+
+class MigrationInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or another interrupt) stopped the job; ``report`` says what was done.
+
+    Raised after the job has stopped cleanly: nothing new was started, envelopes already past
+    their provider calls were written (and journaled), the others were left as they were.
+    ``interrupt`` is the original ``KeyboardInterrupt``; a resumed job continues from here.
+    """
+
+    def __init__(self, report: MigrationReport, interrupt: KeyboardInterrupt) -> None:
+        super().__init__("migration interrupted")
+        self.report = report
+        self.interrupt = interrupt
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +164,25 @@ class _Job:
         self.keys = keys
         self.report = MigrationReport()
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.handled = 0  # items given an outcome in this run
+
+    def stop(self) -> None:
+        """No new item starts; in-flight items stop at their next provider call."""
+        self.stopping.set()
+        policy = getattr(self.engine, "policy", None)
+        if isinstance(policy, CallPolicy):
+            policy.cancel()
+
+    def allow_calls_again(self) -> None:
+        """After the workers stopped: the engine's policy may serve another job."""
+        policy = getattr(self.engine, "policy", None)
+        if isinstance(policy, CallPolicy):
+            policy.reset()
 
     def outcome(self, key: str, status: str, reason: str | None = None) -> None:
         with self.lock:
+            self.handled += 1
             if status == "done":
                 self.report.migrated.append(key)
             elif status == "unchanged":
@@ -162,8 +199,12 @@ class _Job:
             self.journal.record(key, status, reason)
 
     def run_one(self, key: str) -> None:
+        if self.stopping.is_set():
+            return  # interrupted before it started: a resumed job does it
         try:
             self._run_one(key)
+        except JobCancelled:
+            pass  # stopped at a provider call: left exactly as it was, not journaled
         except KmsEnvelopeError as exc:
             self.outcome(key, "failed", f"{type(exc).__name__}: {exc}")
         except OSError as exc:
@@ -220,19 +261,16 @@ def migrate(
     Items the journal records as finished are not touched again. Each re-wrapped envelope is
     verified before the store replaces it (conditionally: a concurrently changed item is
     reported as a conflict, not overwritten).
+
+    On ``KeyboardInterrupt`` (Ctrl-C) the job stops promptly -- nothing new starts, calls
+    waiting on a rate limit or backoff are abandoned (a ``GuardedEngine``'s policy) -- and
+    :class:`MigrationInterrupted` is raised with the report of what was done.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     start = time.monotonic()
     job = _Job(store, engine, plan, journal, dry_run, keys)
-    keys_todo: Iterable[str] = list(store.list())
-    todo = []
-    for key in keys_todo:
-        job.report.total += 1
-        if journal is not None and journal.status(key) in FINAL:
-            job.report.already_done += 1
-        else:
-            todo.append(key)
+    todo: list[str] = []
     finished = 0
 
     def tick() -> None:
@@ -243,8 +281,20 @@ def migrate(
                 MigrationProgress(finished - failed, failed, len(todo), time.monotonic() - start)
             )
 
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="migrate") as pool:
-        pending: set[Future[None]] = set()
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="migrate")
+    pending: set[Future[None]] = set()
+    try:
+        for key in store.list():
+            job.report.total += 1
+            earlier = journal.status(key) if journal is not None else None
+            if earlier == "skipped":
+                job.report.skipped.append(key)  # not an envelope, as the last run found
+            elif earlier == "unchanged":
+                job.report.unchanged.append(key)
+            elif earlier in FINAL:
+                job.report.already_done += 1
+            else:
+                todo.append(key)
         for key in todo:
             if len(pending) >= concurrency * 4:  # bounded: never queue millions of futures
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -255,10 +305,25 @@ def migrate(
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             finished += len(done)
             tick()
-
-    job.report.seconds = time.monotonic() - start
-    policy = getattr(engine, "policy", None)
-    job.report.retries = int(getattr(policy, "retried", 0))
+    except KeyboardInterrupt as interrupt:
+        # Stop promptly: queued items are dropped, in-flight ones stop at their next provider
+        # call (or finish their write); then say what was done.
+        job.stop()
+        pool.shutdown(wait=True, cancel_futures=True)
+        job.allow_calls_again()
+        _finish(job, engine, start)
+        job.report.interrupted = True
+        job.report.left = len(todo) - job.handled
+        raise MigrationInterrupted(job.report, interrupt) from interrupt
+    finally:
+        pool.shutdown(wait=True)
+    _finish(job, engine, start)
     if journal is not None and not dry_run and job.report.ok:
         journal.complete(job.report.summary())
     return job.report
+
+
+def _finish(job: _Job, engine: Engine, start: float) -> None:
+    job.report.seconds = time.monotonic() - start
+    policy = getattr(engine, "policy", None)
+    job.report.retries = int(getattr(policy, "retried", 0))
