@@ -63,7 +63,11 @@ def _config_show(ctx: CliContext, args: argparse.Namespace) -> int:
             "--config, KMSENVELOPE_CONFIG or the user config file",
             file=sys.stderr,
         )
-    json.dump(ctx.config.redacted(ctx.engine.registry.schemas), sys.stdout, indent=2, default=str)
+    schemas = ctx.engine.registry.schemas
+    for scheme, schema in schemas.items():  # a misspelt setting is an error here too
+        if scheme in ctx.config.providers:
+            schema.parse(ctx.config.provider_settings(scheme))
+    json.dump(ctx.config.redacted(schemas), sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
     return 0
 

@@ -1,0 +1,24 @@
+"""``config show`` checks each installed provider's table against its settings schema, so a
+misspelt setting is reported there (file:line and a suggestion), not shown as a redacted value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kmsenvelope.cli import main
+
+
+def test_config_show_reports_a_misspelt_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[providers.local]\nkeystor = "/var/lib/ks"\n')
+    assert main(["--config", str(config), "config", "show"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}:2: unknown setting 'keystor' in [providers.local]" in err
+    assert "did you mean 'keystore'" in err
+    config.write_text('[providers.local]\nkeystore = "/var/lib/ks"\n')
+    assert main(["--config", str(config), "config", "show"]) == 0
+    assert '"keystore": "/var/lib/ks"' in capsys.readouterr().out
