@@ -288,7 +288,12 @@ class Engine:
             return [self._wrap_one(keks[0], dek, context)]
         with ThreadPoolExecutor(max_workers=min(len(keks), MAX_WRAP_THREADS)) as pool:
             futures = [pool.submit(self._wrap_one, kek, dek, context) for kek in keks]
-            return [f.result() for f in futures]  # the first failure, in recipient order
+            wrapped = [f.result() for f in futures]  # the first failure, in recipient order
+        # Two names of one key version (local:k and local:k/1, an alias and its ARN): one stanza.
+        unique: dict[str, WrappedKey] = {}
+        for w in wrapped:
+            unique.setdefault(w.key_id, w)
+        return list(unique.values())
 
     def _candidates(
         self, recipient: WrappedKey, keys: Sequence[KeyEncryptionKey]
@@ -320,6 +325,9 @@ class Engine:
             except UnknownSchemeError as exc:
                 reasons.append(str(exc))
                 return
+            schema = self.registry.schemas.get(scheme)
+            if schema is not None:  # the user's own settings: a mistake there is a ConfigError
+                schema.parse(self.config.provider_settings(scheme))
         if not self.key_allowed(recipient.key_id):
             reasons.append(f"{recipient.key_id}: {self.trust.refusal(recipient.key_id)}")
             return

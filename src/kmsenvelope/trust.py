@@ -15,6 +15,8 @@ Discovery (open whatever the envelope names) is the explicit opt-in ``SCHEME:*``
 
 from __future__ import annotations
 
+import re
+import shlex
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -25,10 +27,11 @@ from .config import DEFAULT_MAX_UNWRAP_ATTEMPTS, check_allowed_keys
 from .kek import KeyEncryptionKey, scheme_of
 
 __all__ = [
-    "DEFAULT_MAX_UNWRAP_ATTEMPTS",
     "KeyRecognizer",
     "LruCache",
     "TrustPolicy",
+    "allow_hint",
+    "names_version_of",
 ]
 
 ALWAYS_TRUSTED_SCHEMES = frozenset({"local"})
@@ -49,9 +52,28 @@ class KeyRecognizer(Protocol):
         ...
 
 
+_VERSION_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_HINTABLE = re.compile(r"[A-Za-z0-9._~:/@%+=;,-]+")  # no glob characters, no quotes or spaces
+MAX_LEARNED_NAMES = 256  # keys an engine encrypted to, remembered as named (oldest forgotten)
+
+
 def names_version_of(named: str, key_id: str) -> bool:
-    """``key_id`` is ``named`` itself or a version below it (``local:k`` -> ``local:k/3``)."""
-    return key_id == named or (key_id.startswith(named) and key_id[len(named)] == "/")
+    """``key_id`` is ``named`` itself or one version segment below it (``local:k`` ->
+    ``local:k/3``, an Azure key -> ``…/keys/k/0123abcd``); never a longer path."""
+    if key_id == named:
+        return True
+    if not key_id.startswith(named + "/"):
+        return False
+    return _VERSION_SEGMENT.fullmatch(key_id[len(named) + 1 :]) is not None
+
+
+def allow_hint(key_id: str) -> str:
+    """How to allow ``key_id``, safe to paste into a shell: the exact id, quoted, only when it
+    has no glob or shell-special characters (an envelope chose it: ``aws-kms:*`` must never be
+    suggested as if it named one key)."""
+    if _HINTABLE.fullmatch(key_id):
+        return f"--allow {shlex.quote(key_id)}"
+    return "--allow PATTERN"
 
 
 _T = TypeVar("_T")
@@ -104,10 +126,9 @@ class TrustPolicy:
             raise TypeError("allow must be a list of key-URI patterns, not one string")
         self.allowed_keys = None if allowed_keys is None else tuple(allowed_keys)
         self.allow = check_allowed_keys(allow, source="allow") if allow else ()
-        self._named: dict[str, None] = {}
+        self._named: dict[str, None] = dict.fromkeys(named)  # named by the user: kept
+        self._learned: OrderedDict[str, None] = OrderedDict()  # encrypted to: bounded
         self._lock = threading.Lock()
-        for uri in named:
-            self.name(uri)
 
     @property
     def strict(self) -> bool:
@@ -117,12 +138,17 @@ class TrustPolicy:
     @property
     def named(self) -> tuple[str, ...]:
         with self._lock:
-            return tuple(self._named)
+            return (*self._named, *(u for u in self._learned if u not in self._named))
 
     def name(self, uri: str) -> None:
-        """Record a key URI the user named (a recipient they chose)."""
+        """Record a key URI the user named by encrypting to it (the most recent are kept)."""
         with self._lock:
-            self._named.setdefault(uri, None)
+            if uri in self._named:
+                return
+            self._learned[uri] = None
+            self._learned.move_to_end(uri)
+            while len(self._learned) > MAX_LEARNED_NAMES:
+                self._learned.popitem(last=False)
 
     def allows(self, key_id: str, open_named: Callable[[str], KeyEncryptionKey]) -> bool:
         """Whether the key recorded as ``key_id`` may be contacted.
@@ -153,7 +179,7 @@ class TrustPolicy:
 
     def refusal(self, key_id: str) -> str:
         """Why ``key_id`` was skipped, and how to allow it (one line, for NoRecipientError)."""
-        how = f"--allow '{key_id}', allowed_keys or KMSENVELOPE_ALLOWED_KEYS"
+        how = f"{allow_hint(key_id)}, allowed_keys or KMSENVELOPE_ALLOWED_KEYS"
         if not self.strict:
             listed = ", ".join((*(self.allowed_keys or ()), *self.allow))
             return (
