@@ -215,7 +215,10 @@ def rewrap_stream(
     plan: RewrapPlan,
     keys: Sequence[KeyEncryptionKey] = (),
 ) -> RewrapResult:
-    """Re-wrap the envelope in ``src`` into ``dst`` in the same encoding; payload copied as is."""
+    """Re-wrap the envelope in ``src`` into ``dst`` in the same encoding; payload copied as is.
+
+    ``src`` is read by the format's whitespace rule (any SP, HT, CR, LF before a compact
+    envelope, skipped in bounded memory); the compact output is canonical, without it."""
     reader, encoding = open_envelope_stream(src)
     header, _size = read_header(reader, engine.limits)
     result = rewrap_header(engine, header, plan, keys)

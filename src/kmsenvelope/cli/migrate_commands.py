@@ -19,6 +19,8 @@ from ..migrate import (
     default_journal_path,
     migrate,
 )
+from ..migrate.fs_store import LINK_SKIPPED
+from ..migrate.runner import NOT_AN_ENVELOPE
 from ..rewrapping import RewrapPlan
 from .context import CliContext, Subcommands, parse_pairs
 from .progress import ProgressBar, end_status_line
@@ -75,6 +77,26 @@ class _MigrationBar:
             self.bar.close(complete)
 
 
+_SKIP_LABELS = {
+    NOT_AN_ENVELOPE: "not envelopes",
+    LINK_SKIPPED: "symbolic links",
+    "not a regular file": "not regular files",
+}
+
+
+def _skipped_counts(report: MigrationReport) -> str:
+    """``N skipped (not envelopes)``, or by reason when items were skipped for several."""
+    counts: dict[str, int] = {}
+    for key in report.skipped:
+        label = _SKIP_LABELS.get(report.skip_reasons.get(key, NOT_AN_ENVELOPE), "other")
+        counts[label] = counts.get(label, 0) + 1
+    if len(counts) > 1:
+        detail = ", ".join(f"{n} {label}" for label, n in counts.items())
+    else:
+        detail = next(iter(counts), "not envelopes")
+    return f"{len(report.skipped)} skipped ({detail})"
+
+
 def _print_summary(report: MigrationReport, quiet: bool, dry_run: bool) -> None:
     if quiet:
         return
@@ -91,7 +113,7 @@ def _print_summary(report: MigrationReport, quiet: bool, dry_run: bool) -> None:
     print(
         f"{'dry run: ' if dry_run else ''}{s['total']} items: {counts}"
         f"{s['unchanged']} already up to date, {earlier}"
-        f"{s['skipped']} skipped (not envelopes), {s['failed']} failed{changed}; "
+        f"{_skipped_counts(report)}, {s['failed']} failed{changed}; "
         f"{left}{s['seconds']}s",
         file=sys.stderr,
     )
@@ -99,6 +121,10 @@ def _print_summary(report: MigrationReport, quiet: bool, dry_run: bool) -> None:
         print(f"  failed: {printable(key)}: {printable(reason)}", file=sys.stderr)
     for key in sorted(report.conflicts):
         print(f"  changed during the job, not overwritten: {printable(key)}", file=sys.stderr)
+    for key in sorted(report.skipped):
+        reason = report.skip_reasons.get(key, NOT_AN_ENVELOPE)
+        if reason != NOT_AN_ENVELOPE:  # those are many and expected; the report lists them
+            print(f"  skipped {printable(reason)}: {printable(key)}", file=sys.stderr)
 
 
 def _write_report(report: MigrationReport, args: argparse.Namespace) -> None:
@@ -147,7 +173,8 @@ def _rewrap(ctx: CliContext, args: argparse.Namespace) -> int:
         for key in report.migrated:
             print(f"rewrapped {printable(key)}", file=sys.stderr)
     for key in report.skipped:
-        report.failed[key] = "not a kmsenvelope envelope"
+        reason = report.skip_reasons.get(key, NOT_AN_ENVELOPE)
+        report.failed[key] = "not a kmsenvelope envelope" if reason == NOT_AN_ENVELOPE else reason
     report.skipped.clear()
     return _finish(report, args, dry_run=False)
 
@@ -220,8 +247,16 @@ def add_migrate_commands(sub: Subcommands) -> None:
     p = sub.add_parser(
         "rewrap",
         help="change the recipients of envelope files in place (payload untouched)",
+        description="Change the recipients of envelope files in place; the payload is "
+        "untouched and each file keeps its encoding (compact stays compact). A FILE that is a "
+        "symbolic link is followed: its target is replaced atomically and the link stays a link.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="envelope files (a symbolic link: its target is re-written)",
+    )
     p.add_argument("--add", action="append", metavar="URI", help="recipient to add (repeatable)")
     p.add_argument(
         "--remove",
@@ -244,8 +279,17 @@ def add_migrate_commands(sub: Subcommands) -> None:
     m = sub.add_parser(
         "migrate",
         help="re-wrap every envelope under files and directories, resumably",
+        description="Re-wrap every envelope under the files and directories named, resumably. "
+        "A PATH that is a symbolic link is followed (a file's target is replaced atomically, "
+        "the link stays a link); symbolic links met inside a directory are never followed: "
+        "they are skipped and listed as skipped. Files that are not envelopes are skipped too.",
     )
-    m.add_argument("paths", nargs="+", metavar="PATH")
+    m.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="files and directories (symbolic links inside directories are skipped)",
+    )
     m.add_argument(
         "--to",
         action="append",
@@ -286,8 +330,8 @@ def add_migrate_commands(sub: Subcommands) -> None:
     m.add_argument(
         "--resume",
         action="store_true",
-        help="continue this job where it stopped: what it finished is not touched again "
-        "(a new job if it has no journal)",
+        help="continue this job where it stopped: what it finished, and has not changed "
+        "since, is not touched again (a new job if it has no journal)",
     )
     m.add_argument(
         "--journal",

@@ -14,7 +14,7 @@ from .guard import CallPolicy, GuardedEngine, JobCancelled, RateLimiter
 from .journal import Journal, default_journal_path
 from .runner import MigrationInterrupted, MigrationProgress, MigrationReport, migrate
 from .sqlite_store import SqliteStore
-from .store import EnvelopeStore, StoredItem
+from .store import EnvelopeStore, ItemSkipped, StoredItem, VersionedStore
 
 __all__ = [
     "CallPolicy",
@@ -22,6 +22,7 @@ __all__ = [
     "FileOps",
     "FilesystemStore",
     "GuardedEngine",
+    "ItemSkipped",
     "JobCancelled",
     "Journal",
     "MigrationInterrupted",
@@ -31,6 +32,7 @@ __all__ = [
     "RewrapPlan",
     "SqliteStore",
     "StoredItem",
+    "VersionedStore",
     "default_journal_path",
     "migrate",
 ]

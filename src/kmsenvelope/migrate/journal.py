@@ -2,8 +2,9 @@
 
 JSON lines, each synced to disk before the job moves on: a first line describing the job,
 then one line per finished item (``done``, ``unchanged``, ``skipped``, ``failed``,
-``conflict``), and ``complete`` at the end. Items recorded as done, unchanged or skipped are
-not touched again on ``--resume``; failed and conflicting ones are retried.
+``conflict``, with the item's version token), and ``complete`` at the end. On ``--resume``,
+items recorded as done, unchanged or skipped *and still at the recorded version* are not
+touched again; failed and conflicting ones, and any item changed since, are looked at again.
 
 The CLI keeps one journal per job in the user's state directory, named by a digest of what the
 job is (:func:`default_journal_path`), so two jobs never share one. Journals are owner-only
@@ -18,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,15 @@ __all__ = ["FINAL", "Journal", "default_journal_path"]
 
 FORMAT = "kmsenvelope-migrate-journal/1"
 FINAL = frozenset({"done", "unchanged", "skipped"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """The last recorded outcome of one item, and its version token when recorded."""
+
+    status: str
+    reason: str | None = None
+    version: str | None = None
 
 
 def default_journal_path(job: Mapping[str, Any]) -> Path:
@@ -53,9 +64,9 @@ def _private_dir(directory: Path) -> None:
 class Journal:
     """An append-only, fsynced record of a migration job."""
 
-    def __init__(self, path: Path, statuses: dict[str, str], complete: bool) -> None:
+    def __init__(self, path: Path, entries: dict[str, _Entry], complete: bool) -> None:
         self.path = path
-        self._statuses = statuses
+        self._entries = entries
         self.was_complete = complete
         self._lock = threading.Lock()
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
@@ -71,15 +82,17 @@ class Journal:
         """Start a journal, or with ``resume`` continue the one at ``path`` (if any).
 
         A finished journal never blocks a new job: it is replaced, unless ``resume`` asks to
-        continue that very job (then its finished items are not touched again). An unfinished
-        one is continued with ``resume`` (if it is the same job) and refused otherwise.
+        continue that very job (then items still at their recorded version are not touched
+        again; changed ones are redone). An unfinished one is continued with ``resume`` (if it
+        is the same job) and refused otherwise; a resumed journal is unfinished until the
+        resumed run completes.
         """
         target = Path(path)
         if not target.exists():
             journal = cls(target, {}, False)
             journal._append({"format": FORMAT, "job": dict(job), "started": time.time()})
             return journal
-        statuses, spec, complete = cls._load(target)
+        entries, spec, complete = cls._load(target)
         if complete and not (resume and spec == dict(job)):
             target.unlink()  # a finished job: start the new one afresh
             return cls.open(target, job, resume=False)
@@ -94,13 +107,13 @@ class Journal:
                 f"{json.dumps(spec)}); resume it with its own targets, or delete it"
             )
         drop_torn_tail(target)
-        journal = cls(target, statuses, complete)
-        journal._append({"resumed": time.time()})
+        journal = cls(target, entries, complete)
+        journal._append({"resumed": time.time()})  # unfinished again until complete()
         return journal
 
     @staticmethod
-    def _load(path: Path) -> tuple[dict[str, str], dict[str, Any], bool]:
-        statuses: dict[str, str] = {}
+    def _load(path: Path) -> tuple[dict[str, _Entry], dict[str, Any], bool]:
+        entries: dict[str, _Entry] = {}
         spec: dict[str, Any] | None = None
         complete = False
         with path.open("rb") as fh:
@@ -116,12 +129,19 @@ class Journal:
                         raise ConfigError(f"{path} is not a kmsenvelope migration journal")
                     spec = entry["job"]
                 elif "key" in entry:
-                    statuses[str(entry["key"])] = str(entry["status"])
+                    reason, version = entry.get("reason"), entry.get("version")
+                    entries[str(entry["key"])] = _Entry(
+                        str(entry["status"]),
+                        str(reason) if reason is not None else None,
+                        str(version) if version is not None else None,
+                    )
                 elif "complete" in entry:
                     complete = True
+                elif "resumed" in entry:
+                    complete = False  # a resumed run that has not completed (yet)
         if spec is None:
             raise ConfigError(f"{path} is empty or not a kmsenvelope migration journal")
-        return statuses, spec, complete
+        return entries, spec, complete
 
     def _append(self, entry: Mapping[str, Any]) -> None:
         line = json.dumps(entry, sort_keys=True).encode() + b"\n"
@@ -131,15 +151,32 @@ class Journal:
 
     def status(self, key: str) -> str | None:
         """The last recorded outcome of ``key`` (None if never finished)."""
-        return self._statuses.get(key)
+        with self._lock:
+            found = self._entries.get(key)
+        return found.status if found is not None else None
 
-    def record(self, key: str, status: str, reason: str | None = None) -> None:
+    def finished(self, key: str, version: str) -> tuple[str, str | None] | None:
+        """``(status, reason)`` if ``key`` was finished (done, unchanged, skipped) and is still
+        at the version then recorded; None if it must be looked at (again)."""
+        with self._lock:
+            found = self._entries.get(key)
+        if found is None or found.status not in FINAL or found.version != version:
+            return None  # never finished, failed, changed since, or no version recorded
+        return found.status, found.reason
+
+    def record(
+        self, key: str, status: str, reason: str | None = None, *, version: str | None = None
+    ) -> None:
+        """Append ``key``'s outcome; ``version`` is its version token after the outcome (what a
+        resumed job compares to know the item has not changed since)."""
         entry: dict[str, Any] = {"key": key, "status": status}
         if reason:
             entry["reason"] = reason
+        if version is not None:
+            entry["version"] = version
         self._append(entry)
         with self._lock:
-            self._statuses[key] = status
+            self._entries[key] = _Entry(status, reason or None, version)
 
     def complete(self, summary: Mapping[str, Any]) -> None:
         self._append({"complete": time.time(), "summary": dict(summary)})

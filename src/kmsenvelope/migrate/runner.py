@@ -10,20 +10,20 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from ..armor import ArmorWriter, open_envelope_stream
+from ..armor import ArmorWriter, PrefixedReader, open_envelope_stream
 from ..engine import Engine
-from ..errors import KmsEnvelopeError
-from ..header import COMPACT_PREFIX, MAGIC, read_header
+from ..errors import KmsEnvelopeError, MalformedEnvelopeError
+from ..header import MAGIC, read_header
 from ..kek import KeyEncryptionKey
 from ..rewrapping import RewrapPlan, matches, rewrap_header
 from .guard import CallPolicy, JobCancelled
-from .journal import FINAL, Journal
-from .store import EnvelopeStore
+from .journal import Journal
+from .store import EnvelopeStore, ItemSkipped, VersionedStore
 
 __all__ = ["MigrationInterrupted", "MigrationProgress", "MigrationReport", "migrate"]
 
 _MAGIC_PREFIX = MAGIC[:-1]
-_SNIFF = 80  # bytes read to recognise an envelope (room for whitespace before "kmsenv1.")
+NOT_AN_ENVELOPE = "not an envelope"
 
 
 @dataclass
@@ -35,6 +35,7 @@ class MigrationReport:
     migrated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    skip_reasons: dict[str, str] = field(default_factory=dict)
     already_done: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
@@ -74,7 +75,10 @@ class MigrationReport:
                 {"key": k, "reason": "changed by someone else during the job; not overwritten"}
                 for k in sorted(self.conflicts)
             ],
-            "skipped": [{"key": k, "reason": "not an envelope"} for k in sorted(self.skipped)],
+            "skipped": [
+                {"key": k, "reason": self.skip_reasons.get(k, NOT_AN_ENVELOPE)}
+                for k in sorted(self.skipped)
+            ],
             "would_change": [{"key": k, "change": v} for k, v in sorted(self.would_change.items())],
         }
 
@@ -112,10 +116,21 @@ class MigrationProgress:
         return left / self.rate if self.rate > 0 else None
 
 
-def _looks_like_envelope(head: bytes) -> bool:
-    """Binary magic, or the compact prefix after optional whitespace; anything else (empty
-    files, text, images) is not an envelope and is skipped."""
-    return head.startswith(_MAGIC_PREFIX) or head.lstrip().startswith(COMPACT_PREFIX)
+def _envelope_reader(stream: BinaryIO) -> tuple[BinaryIO, str] | None:
+    """The binary envelope in ``stream`` and its encoding, by the format's one rule (section
+    8, the core's ``open_envelope_stream``): the binary magic at the first byte, or the compact
+    prefix after any amount of SP, HT, CR, LF (skipped a block at a time, never held). None
+    for anything else (empty or blank files, text, images): not an envelope, skipped."""
+    try:
+        reader, encoding = open_envelope_stream(stream)
+    except MalformedEnvelopeError:
+        return None  # whitespace, then not the compact prefix
+    if encoding == "compact":
+        return reader, encoding
+    head = reader.read(len(_MAGIC_PREFIX))
+    if head != _MAGIC_PREFIX:
+        return None
+    return PrefixedReader(head, reader), encoding  # type: ignore[return-value]
 
 
 def _describe_plan(plan: RewrapPlan, recipients: Sequence[str]) -> str | None:
@@ -180,7 +195,9 @@ class _Job:
         if isinstance(policy, CallPolicy):
             policy.reset()
 
-    def outcome(self, key: str, status: str, reason: str | None = None) -> None:
+    def outcome(
+        self, key: str, status: str, reason: str | None = None, version: str | None = None
+    ) -> None:
         with self.lock:
             self.handled += 1
             if status == "done":
@@ -189,6 +206,8 @@ class _Job:
                 self.report.unchanged.append(key)
             elif status == "skipped":
                 self.report.skipped.append(key)
+                if reason:
+                    self.report.skip_reasons[key] = reason
             elif status == "conflict":
                 self.report.conflicts.append(key)
             elif status == "would-change":
@@ -196,13 +215,28 @@ class _Job:
             else:
                 self.report.failed[key] = reason or "failed"
         if self.journal is not None and not self.dry_run:
-            self.journal.record(key, status, reason)
+            self.journal.record(key, status, reason, version=version)
+
+    def earlier(self, key: str, status: str, reason: str | None) -> None:
+        """The journal shows ``key`` finished and unchanged since: count it, touch nothing."""
+        with self.lock:
+            self.handled += 1
+            if status == "skipped":  # not an envelope, as the last run found
+                self.report.skipped.append(key)
+                if reason:
+                    self.report.skip_reasons[key] = reason
+            elif status == "unchanged":
+                self.report.unchanged.append(key)
+            else:
+                self.report.already_done += 1
 
     def run_one(self, key: str) -> None:
         if self.stopping.is_set():
             return  # interrupted before it started: a resumed job does it
         try:
             self._run_one(key)
+        except ItemSkipped as skip:
+            self.outcome(key, "skipped", str(skip) or None)
         except JobCancelled:
             pass  # stopped at a provider call: left exactly as it was, not journaled
         except KmsEnvelopeError as exc:
@@ -215,13 +249,15 @@ class _Job:
     def _run_one(self, key: str) -> None:
         item = self.store.read(key)
         with item.stream as stream:
-            head = stream.read(_SNIFF)
-            if not _looks_like_envelope(head):
-                self.outcome(key, "skipped")
+            earlier = self.journal.finished(key, item.version) if self.journal else None
+            if earlier is not None:
+                self.earlier(key, *earlier)
                 return
-            from ..armor import PrefixedReader
-
-            reader, encoding = open_envelope_stream(PrefixedReader(head, stream))  # type: ignore[arg-type]
+            opened = _envelope_reader(stream)
+            if opened is None:
+                self.outcome(key, "skipped", version=item.version)
+                return
+            reader, encoding = opened
             header, _size = read_header(reader, self.engine.limits)
             if self.dry_run:
                 change = _describe_plan(self.plan, [r.key_id for r in header.recipients])
@@ -229,7 +265,7 @@ class _Job:
                 return
             result = rewrap_header(self.engine, header, self.plan, self.keys)
             if not result.changed:
-                self.outcome(key, "unchanged")
+                self.outcome(key, "unchanged", version=item.version)
                 return
 
             def write(dst: BinaryIO) -> None:
@@ -240,7 +276,13 @@ class _Job:
                     sink.finish()
 
             if self.store.write(key, item.version, write):
-                self.outcome(key, "done")
+                # The new version, if the store tells it: a resumed job skips the item only
+                # while it stays so (without it, a resumed job reads its header again).
+                store = self.store
+                version = (
+                    store.pop_written_version(key) if isinstance(store, VersionedStore) else None
+                )
+                self.outcome(key, "done", version=version)
             else:
                 self.outcome(key, "conflict", "changed by someone else during the job")
 
@@ -258,7 +300,8 @@ def migrate(
 ) -> MigrationReport:
     """Re-wrap every envelope in ``store`` by ``plan``; never raises for one bad item.
 
-    Items the journal records as finished are not touched again. Each re-wrapped envelope is
+    Items the journal records as finished, and unchanged since (the same version token), are
+    not touched again; a changed one is looked at afresh. Each re-wrapped envelope is
     verified before the store replaces it (conditionally: a concurrently changed item is
     reported as a conflict, not overwritten).
 
@@ -286,15 +329,7 @@ def migrate(
     try:
         for key in store.list():
             job.report.total += 1
-            earlier = journal.status(key) if journal is not None else None
-            if earlier == "skipped":
-                job.report.skipped.append(key)  # not an envelope, as the last run found
-            elif earlier == "unchanged":
-                job.report.unchanged.append(key)
-            elif earlier in FINAL:
-                job.report.already_done += 1
-            else:
-                todo.append(key)
+            todo.append(key)  # a journaled item too: its version is checked when it is read
         for key in todo:
             if len(pending) >= concurrency * 4:  # bounded: never queue millions of futures
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)

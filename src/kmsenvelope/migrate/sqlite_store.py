@@ -51,6 +51,7 @@ class SqliteStore:
         self._key = _ident(key_column, "column")
         self._value = _ident(value_column, "column")
         self._lock = threading.Lock()
+        self._written: dict[str, str] = {}
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         # PRAGMA, not a trial SELECT: SQLite reads an unknown "quoted" column as a string.
         columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({self._table})")}
@@ -87,7 +88,13 @@ class SqliteStore:
         raw = _as_bytes(self._get(key))
         return StoredItem(io.BytesIO(raw), hashlib.sha256(raw).hexdigest())
 
+    def pop_written_version(self, key: str) -> str | None:
+        """The version token of the value the last successful write of ``key`` stored."""
+        with self._lock:
+            return self._written.pop(key, None)
+
     def write(self, key: str, version: str, writer: Writer) -> bool:
+        """Conditional UPDATE: False (nothing written) if the row changed since it was read."""
         old = self._get(key)
         if hashlib.sha256(_as_bytes(old)).hexdigest() != version:
             return False
@@ -102,4 +109,7 @@ class SqliteStore:
                 f"WHERE {self._key} = ? AND {self._value} = ?",
                 (new, key, old),
             )
-        return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            self._written[key] = hashlib.sha256(_as_bytes(new)).hexdigest()
+        return True
