@@ -6,6 +6,11 @@ over the previous entry's hash and the entry's canonical JSON without ``hash``. 
 end is detected too. Entries hold key ids, operations, outcomes and the encryption context,
 never key material.
 
+Key changes record the keystore generation they produced (``gen``); generations strictly
+increase along the chain, and the head records (under its MAC) the highest one, so the keystore
+can refuse a keystore.json older than its log (:meth:`AuditLog.generation`) without reading the
+whole log. Heads written before generations were kept there (no ``gen``) are still accepted.
+
 Every entry is bounded (about 2 KiB at most), whatever an envelope names: a context whose JSON
 exceeds ``MAX_CONTEXT_BYTES`` is recorded as its SHA-256 digest and size, a key id longer than
 ``MAX_KEY_CHARS`` is truncated (with the digest of the whole), so one envelope, whose unwrap
@@ -119,25 +124,60 @@ class AuditLog:
     def _hash(self, prev: str, body: Mapping[str, Any]) -> str:
         return hmac.new(self._key, prev.encode() + b"\n" + _canonical(body), sha256).hexdigest()
 
-    def _head_mac(self, seq: int, digest: str) -> str:
-        return hmac.new(self._key, f"audit.head|{seq}|{digest}".encode(), sha256).hexdigest()
+    def _head_mac(self, seq: int, digest: str, generation: int | None) -> str:
+        # A head without a generation (written before heads kept one) has its own MAC input,
+        # so a current head cannot be passed off as one by dropping its generation.
+        text = (
+            f"audit.head|{seq}|{digest}"
+            if generation is None
+            else f"audit.head/2|{seq}|{digest}|{generation}"
+        )
+        return hmac.new(self._key, text.encode(), sha256).hexdigest()
 
-    def _read_head(self) -> tuple[int, str] | None:
-        """The authenticated (seq, hash) of the last entry, or None if there is no head file."""
+    def _read_head(self) -> tuple[int, str, int | None] | None:
+        """The authenticated (seq, hash, generation or None) of the last entry, or None if
+        there is no head file."""
         try:
             data = json.loads(read_regular(self.head_path))
             seq, digest, mac = int(data["seq"]), str(data["hash"]), str(data["mac"])
+            gen = data.get("gen")
+            if gen is not None and (not isinstance(gen, int) or isinstance(gen, bool)):
+                raise ValueError
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise AuditLogError(f"{self.head_path}: audit head is unreadable (edited?)") from None
-        if not hmac.compare_digest(mac, self._head_mac(seq, digest)):
+        if not hmac.compare_digest(mac, self._head_mac(seq, digest, gen)):
             raise AuditLogError(f"{self.head_path}: audit head was modified (MAC mismatch)")
-        return seq, digest
+        return seq, digest, gen
 
-    def _write_head(self, seq: int, digest: str) -> None:
-        doc = {"seq": seq, "hash": digest, "mac": self._head_mac(seq, digest)}
+    def _write_head(self, seq: int, digest: str, generation: int) -> None:
+        doc = {
+            "seq": seq,
+            "hash": digest,
+            "gen": generation,
+            "mac": self._head_mac(seq, digest, generation),
+        }
         atomic_write(self.head_path, _canonical(doc))
+
+    def _scan_generation(self) -> int:
+        """The highest generation any entry records, read from the whole log: only for a head
+        written before heads kept it (the next append records it in the head)."""
+        try:
+            raw = read_regular(self.path)
+        except FileNotFoundError:
+            return 0
+        highest = 0
+        for line in raw.split(b"\n"):
+            if b'"gen":' not in line:
+                continue
+            try:
+                gen = json.loads(line).get("gen")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(gen, int) and not isinstance(gen, bool):
+                highest = max(highest, gen)
+        return highest
 
     def _last_entry(self) -> dict[str, Any] | None:
         """The last complete line of the log (reads only the file's tail)."""
@@ -165,8 +205,9 @@ class AuditLog:
         stored = entry.get("hash")
         return isinstance(stored, str) and hmac.compare_digest(stored, self._hash(prev, body))
 
-    def _current_end(self) -> tuple[int, str]:
-        """Where the next entry chains from, repairing a head left behind by a crash."""
+    def _end(self) -> tuple[int, str, int, bool]:
+        """(seq, hash, generation) of the log's end, and whether that is an entry beyond the
+        head (a crash between the log line and the head) that the head should adopt."""
         head = self._read_head()
         last = self._last_entry()
         if head is None:
@@ -175,13 +216,29 @@ class AuditLog:
                     f"{self.head_path} is missing but {self.path} has entries: "
                     "the audit trail was tampered with (run 'kmsenvelope audit verify')"
                 )
-            return 0, GENESIS
-        seq, prev = head
+            return 0, GENESIS, 0, False
+        seq, prev, generation = head
+        if generation is None:
+            generation = self._scan_generation()
         if self._valid_successor(last, seq, prev):
-            assert last is not None  # a crash between the log line and the head: adopt it
-            seq, prev = int(last["seq"]), str(last["hash"])
-            self._write_head(seq, prev)
-        return seq, prev
+            assert last is not None
+            gen = last.get("gen")
+            if isinstance(gen, int) and not isinstance(gen, bool):
+                generation = max(generation, gen)
+            return int(last["seq"]), str(last["hash"]), generation, True
+        return seq, prev, generation, False
+
+    def _current_end(self) -> tuple[int, str, int]:
+        """Where the next entry chains from, repairing a head left behind by a crash."""
+        seq, prev, generation, adopt = self._end()
+        if adopt:
+            self._write_head(seq, prev, generation)
+        return seq, prev, generation
+
+    def generation(self) -> int:
+        """The highest keystore generation the log records (0 if none): from the MAC'd head,
+        or an entry a crash left just beyond it. Reads the head and the log's tail only."""
+        return self._end()[2]
 
     def append(
         self,
@@ -195,10 +252,11 @@ class AuditLog:
     ) -> None:
         """Append one entry (call with the keystore's exclusive lock held).
 
-        ``generation``: the keystore generation a key change produced, so that ``verify`` can
-        tell key files rolled back behind the log.
+        ``generation``: the keystore generation a key change produced, recorded in the entry
+        and (the highest so far) in the head, so that a keystore.json rolled back behind the
+        log is refused.
         """
-        seq, prev = self._current_end()
+        seq, prev, highest = self._current_end()
         body: dict[str, Any] = {
             "seq": seq + 1,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -210,6 +268,7 @@ class AuditLog:
         }
         if generation is not None:
             body["gen"] = generation
+            highest = max(highest, generation)
         digest = self._hash(prev, body)
         line = _canonical({**body, "hash": digest}) + b"\n"
         drop_torn_tail(self.path)  # a crash mid-append left half a line: never an entry
@@ -219,7 +278,7 @@ class AuditLog:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._write_head(seq + 1, digest)
+        self._write_head(seq + 1, digest, highest)
 
     def anchor(self) -> str:
         """Verify the log and return its end as an anchor (``SEQ:HASH``) to keep elsewhere."""
@@ -228,9 +287,11 @@ class AuditLog:
     def verify(self, anchor: str | None = None) -> AuditReport:
         """Check every entry and the head; raise ``AuditLogError`` saying where it breaks.
 
-        With ``anchor`` (from :meth:`anchor`), also prove the anchored entry is still in the
-        chain: a log rolled back to an older copy (with its head) passes the chain checks but
-        not this one.
+        Keystore generations must strictly increase along the chain (a generation recorded
+        again means the keystore was rolled back and changed again), and the head's generation
+        must be the log's. With ``anchor`` (from :meth:`anchor`), also prove the anchored entry
+        is still in the chain: a log rolled back to an older copy (with its head) passes the
+        chain checks but not this one.
         """
         anchored = None if anchor is None else parse_anchor(anchor)
         head = self._read_head()
@@ -238,7 +299,7 @@ class AuditLog:
             raise AuditLogError(
                 f"{self.head_path} is missing: the audit trail was deleted or replaced"
             )
-        head_seq, head_hash = head
+        head_seq, head_hash, head_gen = head
         prev = GENESIS
         count = 0
         generation = 0
@@ -282,6 +343,8 @@ class AuditLog:
                 raise AuditLogError(f"{where}: entry {seq} was modified (hash does not match)")
             if count == head_seq and not hmac.compare_digest(prev, head_hash):
                 raise AuditLogError(f"{where}: the log does not pass through the recorded head")
+            if count == head_seq:
+                self._check_head_generation(head_gen, generation)
             if (
                 anchored is not None
                 and seq == anchored[0]
@@ -293,7 +356,13 @@ class AuditLog:
                     "another keystore)"
                 )
             gen = entry.get("gen")
-            if isinstance(gen, int) and gen > generation:
+            if gen is not None:
+                if not isinstance(gen, int) or isinstance(gen, bool) or gen <= generation:
+                    raise AuditLogError(
+                        f"{where}: entry {seq} records keystore generation {gen} after "
+                        f"generation {generation}: generations must increase (the keystore was "
+                        "rolled back to an older copy and changed again)"
+                    )
                 generation = gen
             prev = stored
             count += 1
@@ -305,6 +374,8 @@ class AuditLog:
                 f"{self.path}: log ends at entry {count} but the head records entry {head_seq}: "
                 "entries were removed from the end, or the log was replaced"
             )
+        if count == head_seq:
+            self._check_head_generation(head_gen, generation)
         if anchored is not None and count < anchored[0]:
             raise AuditLogError(
                 f"{self.path}: the log ends at entry {count} but the anchor names entry "
@@ -312,3 +383,12 @@ class AuditLog:
                 "keystore)"
             )
         return AuditReport(count, prev, generation)
+
+    def _check_head_generation(self, recorded: int | None, logged: int) -> None:
+        """The head's generation (if it has one) must be the highest the log records up to
+        the head."""
+        if recorded is not None and recorded != logged:
+            raise AuditLogError(
+                f"{self.head_path}: the head records keystore generation {recorded} but the "
+                f"log up to it records {logged} (edited?)"
+            )

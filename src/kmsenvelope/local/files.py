@@ -2,7 +2,9 @@
 
 Every keystore file is opened with ``O_NOFOLLOW`` and checked to be a regular file, so a
 symbolic link (or a FIFO, a device) planted in the keystore directory is refused, never
-followed or blocked on.
+followed or blocked on. Nothing but a regular file is ever replaced: a file the user names (a
+backup) that is a symbolic link has the file it points to replaced, the link stays; a device,
+FIFO, socket or directory is refused, as the CLI's outputs do (``cli/output.py``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import KeystoreError
+from ..errors import ConfigError, KeystoreError
 
 __all__ = [
     "atomic_write",
@@ -25,11 +28,14 @@ __all__ = [
     "locked",
     "open_regular",
     "read_regular",
+    "replaceable_target",
 ]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# /proc/self/fd/1, /proc/PID/task/TID/fd/3, /dev/fd/1: names of a descriptor already open.
+_DESCRIPTOR_PATH = re.compile(r"/proc/(?:self|thread-self|\d+)(?:/task/\d+)?/fd/\d+|/dev/fd/\d+")
 
 
 def _not_regular(path: Path, what: str) -> KeystoreError:
@@ -82,12 +88,80 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _kind(mode: int) -> str:
+    """What a file of ``mode`` is, for a message."""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((text for test, text in kinds if test(mode)), "not a regular file")
+
+
+def _names_descriptor(path: Path) -> bool:
+    """Does ``path`` lead through /proc/.../fd or /dev/fd (``/dev/stdout``) to a descriptor
+    already open? Replacing what such a name resolves to would not write to that descriptor."""
+    current = os.path.abspath(path)
+    for _ in range(40):
+        full = os.path.join(os.path.realpath(os.path.dirname(current)), os.path.basename(current))
+        if _DESCRIPTOR_PATH.fullmatch(full):
+            return True
+        if not os.path.islink(full):
+            return False
+        current = os.path.join(os.path.dirname(full), os.readlink(full))
+    return False
+
+
+def replaceable_target(path: Path, what: str) -> Path:
+    """The file that writing ``what`` (a file the user named, e.g. a backup) to ``path``
+    replaces: ``path`` itself, or the file a symbolic link names (so the link stays a link).
+
+    ``ConfigError`` for a directory, device, FIFO or socket, or a name of an open descriptor
+    (``/dev/stdout``): ``what`` is a file, never written through nor put in their place.
+    """
+    try:
+        st = os.stat(path)  # follows links: what the name leads to
+    except FileNotFoundError:
+        st = None  # nothing there, or a link to a file not yet created
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{what} target {path} is a symbolic link loop") from None
+        raise
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ConfigError(
+            f"{what} target {path} is {_kind(st.st_mode)}: a {what} is written to a regular "
+            "file (refusing to replace it or write through it)"
+        )
+    if _names_descriptor(path):
+        raise ConfigError(
+            f"{what} target {path} names an open file descriptor: a {what} is written to a "
+            "file by name (give the file's own path)"
+        )
+    return Path(os.path.realpath(path))
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse at the last moment if ``path`` is there and is not a regular file (it was
+    swapped while the new content was written): only a regular file is ever replaced."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise KeystoreError(f"{path} is {_kind(mode)}, not a regular file: not replaced")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (mode 0600) via a synced temp file and ``os.replace``.
 
     A crash leaves either the old file or the new one, never a mix; the temp file is removed
-    on any error.
+    on any error. ``path`` is replaced only if it is a regular file or absent: a symbolic link,
+    device, FIFO, socket or directory there is refused (``KeystoreError``), never replaced.
     """
+    _check_replaceable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
@@ -95,6 +169,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _check_replaceable(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -15,9 +15,12 @@ Anti-rollback: every change writes its key files with generation G+1, then keyst
 generation G+1 and the new files' MACs. A key file is accepted only if keystore.json records its
 MAC, or (a change interrupted between the two writes) its generation is exactly G+1; an older,
 validly MAC'd copy replayed into ``keys/`` is refused. Keystores of format 1 (no generations)
-stay readable and are upgraded by the first change. Replacing *every* file at once cannot be
-seen from inside: the audit log records each generation, and an audit anchor kept elsewhere
-proves the log itself was not rolled back (``audit.py``).
+stay readable and are upgraded by the first change. keystore.json and the key files rolled back
+together are refused too, as long as the audit log was not: each change records its generation
+in the log and its MAC'd head, and a keystore.json whose generation is below the log's is
+refused when the keystore is opened and on every operation. Replacing *every* file at once, the
+log included, cannot be seen from inside: an audit anchor kept elsewhere proves the log itself
+was not rolled back (``audit.py``).
 
 Keys are derived from the passphrase once per process (Argon2id, memory-hard) and cached only
 as derived keys, never as the passphrase.
@@ -61,7 +64,7 @@ from ..kdf import hkdf_sha256
 from ..kek import WrappedKey
 from .audit import AuditLog, AuditReport
 from .derive import KDF_CEILING, OPEN_CEILING, StoreKeys, check_kdf, derive_root
-from .files import atomic_write, ensure_private_dir, locked, read_regular
+from .files import atomic_write, ensure_private_dir, locked, read_regular, replaceable_target
 from .generations import (
     LEGACY_STORE_FORMAT,
     STORE_FORMAT,
@@ -279,7 +282,7 @@ class Keystore:
                     raise KeystoreCorruptError(f"{meta_path}: passphrase check value is wrong")
                 _KEY_CACHE[cache_key] = keys
         store = cls(path, store_id, keys)
-        store._verify_meta(doc)
+        store._read_meta()  # authenticated, and not older than the audit log
         return store
 
     # -- keystore.json: the generation and the record of every key file ---------------------
@@ -305,7 +308,13 @@ class Keystore:
             )
 
     def _read_meta(self) -> dict[str, Any]:
-        """keystore.json, authenticated (call with the lock held)."""
+        """keystore.json, authenticated and not older than the audit log.
+
+        The log's generation is read *before* keystore.json: a change writes keystore.json
+        before its audit record, so whatever log state is read, the keystore.json read after
+        it is at least as new, even without the lock (``open``) while another process commits.
+        """
+        logged = self.audit.generation()
         try:
             doc = json.loads(read_regular(self._meta_path))
             if not isinstance(doc, dict) or doc.get("format") not in (
@@ -318,6 +327,13 @@ class Keystore:
         except ValueError:
             raise KeystoreCorruptError(f"{self._meta_path}: not a valid keystore file") from None
         self._verify_meta(doc)
+        have = int(doc.get("generation", 0))  # format 1: none, as before any generation
+        if have < logged:
+            raise KeystoreCorruptError(
+                f"{self._meta_path} is older than the audit log: restored from an older copy? "
+                f"(it is at generation {have}, the log records generation {logged}); put back "
+                "the current keystore.json and key files"
+            )
         return doc
 
     def _write_meta(self, doc: dict[str, Any]) -> None:
@@ -373,7 +389,17 @@ class Keystore:
         return meta
 
     def _commit(self, meta: dict[str, Any], docs: list[dict[str, Any]]) -> int:
-        """Write ``docs`` as generation G+1, then keystore.json; return the new generation."""
+        """Write ``docs`` as generation G+1, then keystore.json; return the new generation,
+        which the caller then records in the audit log.
+
+        The order is what keeps a crash from locking the user out. Key files first: a crash
+        before keystore.json leaves them one generation ahead, adopted by the next change
+        (``_prepare``). keystore.json before the audit record: a crash between the two leaves
+        keystore.json ahead of the log, which is accepted (only *behind* the log is refused),
+        and the next change records a higher generation; the change itself goes unaudited.
+        The opposite order would leave the log ahead of a keystore.json that was never rolled
+        back, and every later open would refuse it.
+        """
         generation = int(meta["generation"]) + 1
         for doc in docs:
             doc["generation"] = generation
@@ -711,7 +737,8 @@ class Keystore:
     def verify_audit(self, anchor: str | None = None) -> AuditReport:
         """Verify the audit log (and ``anchor``, see ``AuditLog.verify``), and that the key
         files are not older than the log: every change records its generation in the log, so
-        keystore.json and keys/ rolled back together while the log was not are detected."""
+        keystore.json and keys/ rolled back together while the log was not are detected (by
+        every operation from the head; here also against every entry of the chain)."""
         report = self.audit.verify(anchor)
         with locked(self.directory / ".lock", exclusive=False):
             meta = self._read_meta()
@@ -727,9 +754,15 @@ class Keystore:
     # -- backup and restore -----------------------------------------------------------------
 
     def backup(self, target: str | os.PathLike[str], passphrase: str) -> int:
-        """Write every key (all versions) to an encrypted backup file; return the key count."""
+        """Write every key (all versions) to an encrypted backup file; return the key count.
+
+        ``target`` is replaced atomically only if it is a regular file or absent; a symbolic
+        link has the file it names replaced; a device, FIFO, socket or directory is refused
+        (``ConfigError``) before any work is done.
+        """
         if not passphrase:
             raise KeystoreError("refusing to write a backup with an empty passphrase")
+        replaceable_target(Path(target).expanduser(), "backup")  # fail before the KDF runs
         with self._lock():
             meta = self._read_meta()
             keys = []
@@ -765,7 +798,7 @@ class Keystore:
                 "nonce": _b64(nonce),
                 "ciphertext": _b64(ct),
             }
-            target_path = Path(target).expanduser()
+            target_path = replaceable_target(Path(target).expanduser(), "backup")
             atomic_write(target_path, json.dumps(out, indent=2).encode())
             self.audit.append("keystore.backup", "local:*", detail={"keys": len(keys)})
             return len(keys)
