@@ -18,7 +18,7 @@ from azure_kv_emulator import ALL_PERMISSIONS, Authority, TlsFiles, Vault
 from kmsenvelope import Engine
 
 TENANT = "72f988bf-0000-4000-8000-00000000cafe"
-WRAPPER = "app-wrapper"  # get, wrapKey, unwrapKey: 'Key Vault Crypto Service Encryption User'
+WRAPPER = "app-wrapper"  # get, wrapKey, unwrapKey, encrypt, decrypt: '... Crypto User'
 ADMIN = "app-admin"  # everything: creates, rotates, disables keys
 NO_UNWRAP = "app-no-unwrap"  # get and wrapKey only
 NO_GET = "app-no-get"  # wrapKey and unwrapKey only
@@ -31,11 +31,11 @@ SECRETS = {
     NO_WRAP: "nowrap-" + uuid.uuid4().hex,
 }
 PERMISSIONS = {
-    WRAPPER: {"get", "wrapKey", "unwrapKey"},
+    WRAPPER: {"get", "wrapKey", "unwrapKey", "encrypt", "decrypt"},
     ADMIN: set(ALL_PERMISSIONS),
-    NO_UNWRAP: {"get", "wrapKey"},
-    NO_GET: {"wrapKey", "unwrapKey"},
-    NO_WRAP: {"get", "unwrapKey"},
+    NO_UNWRAP: {"get", "wrapKey", "encrypt"},
+    NO_GET: {"wrapKey", "unwrapKey", "encrypt", "decrypt"},
+    NO_WRAP: {"get", "unwrapKey", "decrypt"},
 }
 
 

@@ -11,9 +11,14 @@ No Key Vault emulator is published, so the tests carry this one and drive the *r
   (``resource=https://managedhsm.azure.net``: RSA-HSM and oct-HSM keys). Requests without a
   valid bearer token get Key Vault's 401 challenge; keys can be created, read (versioned and
   versionless), rotated, updated (disabled) and used to wrapkey/unwrapkey with RSA-OAEP,
-  RSA-OAEP-256, RSA1_5, A128/192/256KW and CKM_AES_KEY_WRAP(_PAD). Errors use Azure's body
+  RSA-OAEP-256, RSA1_5, A128/192/256KW and CKM_AES_KEY_WRAP(_PAD), and to encrypt/decrypt with
+  the RSA algorithms and, for oct-HSM keys, A128/192/256GCM as Managed HSM does it: the service
+  generates the 12-byte IV (a caller's IV is refused), returns ``iv`` and a 16-byte ``tag``
+  beside the ciphertext, authenticates the optional ``aad``, and refuses a decrypt whose tag,
+  IV, AAD or ciphertext does not verify with 400 ``BadParameter``. Errors use Azure's body
   shape ``{"error": {"code", "message", "innererror"}}``. Faults (e.g. 429 with Retry-After,
-  503) can be injected, permissions are per client id, and every request is recorded.
+  503) can be injected, permissions are per client id (``encrypt``/``decrypt`` are their own
+  permissions, as in Key Vault), and every request is recorded (with the AAD it carried).
 
 Each service is a ``ThreadingHTTPServer`` on 127.0.0.1 with a certificate issued, at test time,
 by a throwaway CA (``make_tls``); clients trust it through ``ca_bundle``.
@@ -40,15 +45,18 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, keywrap, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
 VAULT_RESOURCE = "https://vault.azure.net"
 HSM_RESOURCE = "https://managedhsm.azure.net"
 
-ALL_PERMISSIONS = frozenset({"get", "create", "update", "rotate", "delete", "wrapKey", "unwrapKey"})
+ALL_PERMISSIONS = frozenset(
+    {"get", "create", "update", "rotate", "delete", "wrapKey", "unwrapKey", "encrypt", "decrypt"}
+)
 
 
 def b64url(data: bytes) -> str:
@@ -573,11 +581,15 @@ class Call:
     version: str
     status: int
     client_id: str | None
+    aad: bytes | None = None  # the base64url-decoded ``aad`` of an encrypt/decrypt request
 
 
 RSA_OPS = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
 OCT_OPS = ["encrypt", "decrypt", "wrapKey", "unwrapKey"]
 _AES_KW = {"A128KW": 16, "A192KW": 24, "A256KW": 32, "CKM_AES_KEY_WRAP": None}
+_AES_GCM = {"A128GCM": 16, "A192GCM": 24, "A256GCM": 32}
+GCM_IV_SIZE = 12
+GCM_TAG_SIZE = 16
 
 
 class Vault(Service):
@@ -670,11 +682,23 @@ class Vault(Service):
         else:
             client_id = token.client_id
             response = self._authorized(request, operation, name, version, client_id)
+        aad = _aad_of(request) if operation in ("encrypt", "decrypt") else None
         with self._lock:
             self.calls.append(
-                Call(request.method, operation, name, version, response.status, client_id)
+                Call(request.method, operation, name, version, response.status, client_id, aad)
             )
         return response
+
+    def aads(self, operation: str, key_name: str, status: int | None = None) -> list[bytes | None]:
+        """The AAD of each recorded ``operation`` request on ``key_name`` (None: no AAD)."""
+        with self._lock:
+            return [
+                c.aad
+                for c in self.calls
+                if c.operation == operation
+                and c.key_name == key_name
+                and (status is None or c.status == status)
+            ]
 
     def _route(self, request: Request) -> tuple[str, str, str]:
         parts = request.path.split("/")[1:]  # keep empty segments: /keys/NAME//wrapkey
@@ -685,7 +709,7 @@ class Vault(Service):
         method = request.method
         if method == "POST" and rest in (["create"], ["rotate"]):
             return rest[0], name, ""
-        if method == "POST" and len(rest) == 2 and rest[1] in ("wrapkey", "unwrapkey"):
+        if method == "POST" and len(rest) == 2 and rest[1] in _CRYPTO_OPERATIONS:
             return rest[1], name, rest[0]
         if method in ("GET", "PATCH") and len(rest) <= 1:
             return ("get" if method == "GET" else "update"), name, rest[0] if rest else ""
@@ -721,6 +745,8 @@ class Vault(Service):
         "delete": "delete",
         "wrapkey": "wrapKey",
         "unwrapkey": "unwrapKey",
+        "encrypt": "encrypt",
+        "decrypt": "decrypt",
     }
     _ACTION: ClassVar[dict[str, str]] = {
         "get": "read",
@@ -730,6 +756,8 @@ class Vault(Service):
         "delete": "delete",
         "wrapkey": "wrap/action",
         "unwrapkey": "unwrap/action",
+        "encrypt": "encrypt/action",
+        "decrypt": "decrypt/action",
     }
 
     def _authorized(
@@ -909,14 +937,14 @@ class Vault(Service):
         return Response(200, self._bundle(request.base_url, key))
 
     def _crypto(self, request: Request, operation: str, key: KeyVersion) -> Response:
-        op_name = "wrapKey" if operation == "wrapkey" else "unwrapKey"
+        op_name = _CRYPTO_OPERATIONS[operation]
         body = request.json()
         alg = str(body.get("alg", ""))
         try:
             value = unb64url(str(body.get("value", "")))
         except ValueError:
             return azure_error(400, "BadParameter", "value is not base64url")
-        secret_op = key.kty == "oct-HSM" or operation == "unwrapkey"
+        secret_op = key.kty == "oct-HSM" or operation in ("unwrapkey", "decrypt")
         if not key.enabled and secret_op:
             # Key Vault refuses private/secret-key operations on a disabled key; RSA wrap
             # (a public-key operation) is still served.
@@ -927,14 +955,15 @@ class Vault(Service):
                 inner="KeyDisabled",
             )
         now = time.time()
-        if operation == "wrapkey" and key.exp is not None and now >= key.exp:
+        forward = operation in ("wrapkey", "encrypt")  # refused on expired / not-yet-valid keys
+        if forward and key.exp is not None and now >= key.exp:
             return azure_error(
                 403,
                 "Forbidden",
                 f"Operation {op_name} is not allowed on an expired key.",
                 inner="KeyExpired",
             )
-        if operation == "wrapkey" and key.nbf is not None and now < key.nbf:
+        if forward and key.nbf is not None and now < key.nbf:
             return azure_error(
                 403,
                 "Forbidden",
@@ -950,12 +979,21 @@ class Vault(Service):
             )
         if key.private is None and key.secret is None:
             return azure_error(400, "BadParameter", f"{op_name} is not supported for {key.kty}.")
+        kid = f"{request.base_url}/keys/{key.name}/{key.version}"
         try:
-            result = (self._rsa if key.private is not None else self._aes)(
-                operation, alg, key, value
-            )
+            if key.secret is not None and operation in ("encrypt", "decrypt"):
+                return Response(200, {"kid": kid, **self._gcm(operation, alg, key, body, value)})
+            wraps = operation in ("wrapkey", "encrypt")
+            result = (self._rsa if key.private is not None else self._aes)(wraps, alg, key, value)
         except _BadAlgorithm as exc:
             return azure_error(400, "BadParameter", str(exc))
+        except InvalidTag:
+            return azure_error(
+                400,
+                "BadParameter",
+                "Decryption failed: the authentication tag does not match the ciphertext, "
+                "iv and additional authenticated data.",
+            )
         except Exception:
             return azure_error(
                 400,
@@ -963,13 +1001,10 @@ class Vault(Service):
                 f"The {op_name} operation failed: the value could not be "
                 "processed with this key and algorithm.",
             )
-        return Response(
-            200,
-            {"kid": f"{request.base_url}/keys/{key.name}/{key.version}", "value": b64url(result)},
-        )
+        return Response(200, {"kid": kid, "value": b64url(result)})
 
     @staticmethod
-    def _rsa(operation: str, alg: str, key: KeyVersion, value: bytes) -> bytes:
+    def _rsa(wraps: bool, alg: str, key: KeyVersion, value: bytes) -> bytes:
         assert key.private is not None
         pad: padding.AsymmetricPadding
         if alg == "RSA-OAEP-256":
@@ -982,12 +1017,53 @@ class Vault(Service):
             pad = padding.PKCS1v15()
         else:
             raise _BadAlgorithm(f"Algorithm {alg!r} is not valid for an RSA key.")
-        if operation == "wrapkey":
+        if wraps:
             return key.private.public_key().encrypt(value, pad)
         return key.private.decrypt(value, pad)
 
     @staticmethod
-    def _aes(operation: str, alg: str, key: KeyVersion, value: bytes) -> bytes:
+    def _gcm(
+        operation: str, alg: str, key: KeyVersion, body: dict[str, Any], value: bytes
+    ) -> dict[str, str]:
+        """AES-GCM encrypt/decrypt with an oct-HSM key, as Managed HSM does it.
+
+        Encrypt: the HSM draws the IV and answers ``value`` (ciphertext), ``iv``, ``tag`` (16
+        bytes) and echoes ``aad``. Decrypt: ``iv`` and ``tag`` are required; a tag that does not
+        verify (another key, IV, AAD or ciphertext) raises ``InvalidTag``.
+        """
+        assert key.secret is not None
+        size = _AES_GCM.get(alg)
+        if size is None:
+            raise _BadAlgorithm(
+                f"Algorithm {alg!r} is not valid for {operation} with an oct-HSM key."
+            )
+        if size != len(key.secret):
+            raise _BadAlgorithm(f"Algorithm {alg!r} does not match the key size.")
+        aad = _field(body, "aad")
+        gcm = AESGCM(key.secret)
+        if operation == "encrypt":
+            if body.get("iv"):
+                raise _BadAlgorithm(
+                    "An iv cannot be given for AES-GCM encryption: the HSM generates it."
+                )
+            fresh_iv = secrets.token_bytes(GCM_IV_SIZE)
+            sealed = gcm.encrypt(fresh_iv, value, aad)
+            out = {"value": b64url(sealed[:-GCM_TAG_SIZE]), "iv": b64url(fresh_iv)}
+            out["tag"] = b64url(sealed[-GCM_TAG_SIZE:])
+            if aad is not None:
+                out["aad"] = b64url(aad)
+            return out
+        iv, tag = _field(body, "iv"), _field(body, "tag")
+        if iv is None or tag is None:
+            raise _BadAlgorithm("iv and tag are required for AES-GCM decryption.")
+        if len(iv) != GCM_IV_SIZE or len(tag) != GCM_TAG_SIZE:
+            raise _BadAlgorithm(
+                f"AES-GCM needs a {GCM_IV_SIZE}-byte iv and a {GCM_TAG_SIZE}-byte tag."
+            )
+        return {"value": b64url(gcm.decrypt(iv, value + tag, aad))}
+
+    @staticmethod
+    def _aes(wraps: bool, alg: str, key: KeyVersion, value: bytes) -> bytes:
         assert key.secret is not None
         wrap: Callable[[bytes, bytes], bytes]
         unwrap: Callable[[bytes, bytes], bytes]
@@ -1000,11 +1076,40 @@ class Vault(Service):
             wrap, unwrap = keywrap.aes_key_wrap, keywrap.aes_key_unwrap
         else:
             raise _BadAlgorithm(f"Algorithm {alg!r} is not valid for an oct-HSM key.")
-        return (wrap if operation == "wrapkey" else unwrap)(key.secret, value)
+        return (wrap if wraps else unwrap)(key.secret, value)
 
 
 class _BadAlgorithm(Exception):
     pass
+
+
+_CRYPTO_OPERATIONS = {
+    "wrapkey": "wrapKey",
+    "unwrapkey": "unwrapKey",
+    "encrypt": "encrypt",
+    "decrypt": "decrypt",
+}
+"""URL path segment -> operation (and key_ops) name."""
+
+
+def _field(body: dict[str, Any], name: str) -> bytes | None:
+    """An optional base64url field of a request body, decoded; a bad one is a BadParameter."""
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        return unb64url(str(value))
+    except ValueError:
+        raise _BadAlgorithm(f"{name} is not base64url") from None
+
+
+def _aad_of(request: Request) -> bytes | None:
+    """The ``aad`` an encrypt/decrypt request carried, for the record (None if none/bad)."""
+    try:
+        body = request.json()
+        return _field(body, "aad") if isinstance(body, dict) else None
+    except (ValueError, _BadAlgorithm):
+        return None
 
 
 def closed_port() -> int:

@@ -15,7 +15,7 @@ import kmsenvelope_azure.plugin
 from kmsenvelope import AccessDeniedError, ProviderRegistry, load_config
 from kmsenvelope_azure.provider import AzureKeyVaultProvider
 
-CRYPTO_USER = {"get", "wrapKey", "unwrapKey"}
+CRYPTO_USER = {"get", "wrapKey", "unwrapKey", "encrypt", "decrypt"}
 
 
 def _round_trip(cloud: Cloud, key: KeyVaultKey, settings: dict[str, object]) -> None:

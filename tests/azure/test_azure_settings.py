@@ -80,7 +80,7 @@ def test_defaults() -> None:
     settings = parse_settings({}, env={})
     assert settings.credential == "default"
     assert settings.algorithm == "RSA-OAEP-256"
-    assert settings.oct_algorithm == "A256KW"
+    assert settings.oct_algorithm == "A256GCM"
     assert settings.verify_challenge_resource is True
     assert settings.wrap_locally is True
     assert settings.retry_total == 4

@@ -3,7 +3,8 @@
 =========================================  ===============================================
 Azure                                      kmsenvelope
 =========================================  ===============================================
-400 on unwrapKey (bad ciphertext)          ``UnwrapError``
+400 on unwrapKey or decrypt (tampered,     ``UnwrapError``
+another key; decrypt: another context)
 401, or no token could be obtained         ``AccessDeniedError``
 403 ``KeyDisabled`` / expired / not yet    ``KeyDisabledError``
 403 otherwise                              ``AccessDeniedError`` naming the permission
@@ -45,7 +46,7 @@ from .uri import KeyUri
 
 __all__ = ["Operation", "map_azure_error", "permission_hint"]
 
-Operation = Literal["get", "wrapKey", "unwrapKey"]
+Operation = Literal["get", "wrapKey", "unwrapKey", "encrypt", "decrypt"]
 
 _DISABLED = re.compile(r"disabled", re.IGNORECASE)
 _EXPIRED = re.compile(r"expired|not yet valid|notyetvalid|nbf|not before", re.IGNORECASE)
@@ -54,6 +55,19 @@ _MAX_DETAIL = 300
 
 def permission_hint(key: KeyUri, operation: Operation) -> str:
     """What to grant so ``operation`` on ``key`` is allowed."""
+    if operation in ("encrypt", "decrypt"):
+        # Only A*GCM (oct-HSM keys) uses these; the "Service Encryption User" roles lack them.
+        fallback = (
+            'or set oct_algorithm = "A256KW" in [providers.azure-kv] to wrap with wrapKey '
+            "(the context is then bound by the envelope only)"
+            if operation == "encrypt"
+            else "(envelopes wrapped with A256GCM need it to decrypt)"
+        )
+        return (
+            f"the identity needs the {operation!r} key permission: assign the Managed HSM local "
+            "RBAC role 'Managed HSM Crypto User' (or a custom role with keys/encrypt/action and "
+            f"keys/decrypt/action) at scope /keys or /keys/{key.name}, {fallback}"
+        )
     if key.is_managed_hsm:
         return (
             f"the identity needs the {operation!r} key permission: assign the Managed HSM local "
@@ -107,6 +121,11 @@ def _status_error(
         return UnwrapError(
             f"{subject} rejected: the service could not unwrap this wrapped key (tampered, "
             f"another key, or another algorithm){detail}"
+        )
+    if status == 400 and operation == "decrypt":
+        return UnwrapError(
+            f"{subject} rejected: the service refused to decrypt this wrapped key (another "
+            f"encryption context, tampered, or another key){detail}"
         )
     if status == 401:
         return AccessDeniedError(

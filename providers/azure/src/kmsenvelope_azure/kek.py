@@ -8,10 +8,14 @@
 * **RSA / RSA-HSM** keys wrap with ``RSA-OAEP-256`` (setting ``algorithm``) using the public key
   locally (``wrap_locally = false`` sends it to the service instead); unwrap is done by the
   service.
-* **oct / oct-HSM** keys (Managed HSM) wrap and unwrap with ``A256KW`` (setting
-  ``oct_algorithm``, e.g. ``CKM_AES_KEY_WRAP_PAD``) in the service, always.
-* **Context.** Key Vault's wrapKey has no additional authenticated data, so the encryption
-  context is not bound here; the envelope's header MAC binds it.
+* **oct / oct-HSM** keys (Managed HSM) wrap and unwrap in the service, always: by default with
+  ``A256GCM`` through ``encrypt``/``decrypt``, the encryption context as AAD; with
+  ``oct_algorithm = "A256KW"`` (or another key-wrap algorithm) through ``wrapKey``/``unwrapKey``.
+  Stanzas of every algorithm keep unwrapping whatever the setting says.
+* **Context.** A*GCM stanzas carry the context into the HSM (AAD, see
+  :func:`~kmsenvelope_azure.algorithms.context_aad`): the service refuses to decrypt under
+  another context. RSA-OAEP and AES key wrap take no AAD, so for them the envelope's header
+  MAC alone binds the context.
 
 Remote operations are sent through the ``KeyClient``'s own pipeline (challenge authentication,
 bounded retries, TLS settings) with ``KeyClient.send_request``. ``CryptographyClient`` is not
@@ -46,11 +50,16 @@ from kmsenvelope import (
 )
 
 from .algorithms import (
+    AAD_LABEL,
+    GCM_ALGORITHMS,
+    GCM_IV_SIZE,
+    GCM_TAG_SIZE,
     OCT_ALGORITHMS,
     OCT_KEY_TYPES,
     RSA_1_5,
     RSA_ALGORITHMS,
     RSA_KEY_TYPES,
+    context_aad,
     rsa_public_key,
     rsa_wrap,
 )
@@ -67,6 +76,14 @@ def _b64url(data: bytes) -> str:
 
 def _unb64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+_PATHS: dict[Operation, str] = {
+    "wrapKey": "wrapkey",
+    "unwrapKey": "unwrapkey",
+    "encrypt": "encrypt",
+    "decrypt": "decrypt",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +188,7 @@ class AzureKeyVaultKEK:
             self._state = state
         return state, False
 
-    def _check_usable(self, state: _KeyState) -> None:
+    def _check_usable(self, state: _KeyState, operation: Operation) -> None:
         where = f"key {KeyUri(self._key.vault_url, state.name, state.version).uri}"
         if not state.enabled:
             raise KeyDisabledError(
@@ -187,21 +204,31 @@ class AzureKeyVaultKEK:
                 f"{where} expired at {state.expires_on.isoformat()}; it can still unwrap old "
                 "envelopes, but new ones need a new key version (rotate it)"
             )
-        if state.key_ops is not None and "wrapkey" not in state.key_ops:
+        if state.key_ops is None or operation.lower() in state.key_ops:
+            return
+        ops = ", ".join(sorted(state.key_ops))
+        if operation == "encrypt":
             raise ProviderError(
-                f"{where} does not allow wrapKey (its key_ops are "
-                f"{', '.join(sorted(state.key_ops))}); create a key that allows wrapKey and "
-                "unwrapKey"
+                f"{where} does not allow encrypt (its key_ops are {ops}); "
+                f"{self._settings.oct_algorithm} binds the encryption context in the HSM "
+                "through encrypt/decrypt: allow encrypt and decrypt on the key, or set "
+                'oct_algorithm = "A256KW" in [providers.azure-kv] to use wrapKey'
             )
+        raise ProviderError(
+            f"{where} does not allow wrapKey (its key_ops are {ops}); create a key that "
+            "allows wrapKey and unwrapKey"
+        )
 
     # -- service calls ----------------------------------------------------------------------
 
-    def _remote(self, operation: Operation, target: KeyUri, algorithm: str, value: bytes) -> bytes:
-        path = "wrapkey" if operation == "wrapKey" else "unwrapkey"
+    def _call(
+        self, operation: Operation, target: KeyUri, payload: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """POST ``payload`` to the key version's ``operation`` endpoint; the JSON answer."""
         request = HttpRequest(
             "POST",
-            f"/keys/{target.name}/{target.version}/{path}",
-            json={"alg": algorithm, "value": _b64url(value)},
+            f"/keys/{target.name}/{target.version}/{_PATHS[operation]}",
+            json=dict(payload),
         )
         try:
             response = self._client.send_request(request)
@@ -211,55 +238,123 @@ class AzureKeyVaultKEK:
             raise map_azure_error(
                 exc, key=self._key, operation=operation, version=target.version
             ) from exc
-        result = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            raise ProviderError(f"{target.uri}: {operation} returned a malformed response")
+        return body
+
+    @staticmethod
+    def _field(body: Mapping[str, Any], name: str, operation: Operation, target: KeyUri) -> bytes:
+        """The base64url field ``name`` of a service answer, decoded."""
+        value = body.get(name)
         try:
-            if not isinstance(result, str):
-                raise ValueError("no 'value'")
-            return _unb64url(result)
+            if not isinstance(value, str):
+                raise ValueError(f"no {name!r}")
+            return _unb64url(value)
         except (ValueError, binascii.Error):
             raise ProviderError(
-                f"{target.uri}: {operation} returned a malformed response (no base64url 'value')"
+                f"{target.uri}: {operation} returned a malformed response (no base64url {name!r})"
             ) from None
+
+    def _remote(self, operation: Operation, target: KeyUri, algorithm: str, value: bytes) -> bytes:
+        """wrapKey/unwrapKey: the service's ``value`` for ours (no AAD exists for these)."""
+        body = self._call(operation, target, {"alg": algorithm, "value": _b64url(value)})
+        return self._field(body, "value", operation, target)
+
+    def _gcm_encrypt(
+        self, target: KeyUri, algorithm: str, dek: bytes, context: Mapping[str, str]
+    ) -> bytes:
+        """``iv || ciphertext || tag`` from the HSM's encrypt, the context as AAD.
+
+        The service chooses the IV (the SDK refuses a caller's IV for AES-GCM).
+        """
+        payload = {"alg": algorithm, "value": _b64url(dek), "aad": _b64url(context_aad(context))}
+        body = self._call("encrypt", target, payload)
+        sealed = self._field(body, "value", "encrypt", target)
+        iv = self._field(body, "iv", "encrypt", target)
+        tag = self._field(body, "tag", "encrypt", target)
+        if len(iv) != GCM_IV_SIZE or len(tag) != GCM_TAG_SIZE or len(sealed) != len(dek):
+            raise ProviderError(
+                f"{target.uri}: encrypt returned an unexpected {algorithm} result ({len(iv)}-byte "
+                f"IV, {len(sealed)}-byte ciphertext, {len(tag)}-byte tag; expected "
+                f'{GCM_IV_SIZE}, {len(dek)}, {GCM_TAG_SIZE}); set oct_algorithm = "A256KW" '
+                "if this HSM's AES-GCM differs"
+            )
+        return iv + sealed + tag
+
+    def _gcm_decrypt(
+        self, target: KeyUri, wrapped: WrappedKey, algorithm: str, context: Mapping[str, str]
+    ) -> bytes:
+        """The data key from an ``iv || ciphertext || tag`` stanza, decrypted by the HSM."""
+        scheme = wrapped.params.get("aad")
+        if scheme != AAD_LABEL:
+            raise UnwrapError(
+                f"{wrapped.key_id}: {algorithm} stanza with an unknown AAD scheme {scheme!r} "
+                f"(this provider writes {AAD_LABEL!r})"
+            )
+        blob = wrapped.ciphertext
+        if len(blob) <= GCM_IV_SIZE + GCM_TAG_SIZE:
+            raise UnwrapError(f"{wrapped.key_id}: the wrapped key is too short for {algorithm}")
+        iv, sealed, tag = blob[:GCM_IV_SIZE], blob[GCM_IV_SIZE:-GCM_TAG_SIZE], blob[-GCM_TAG_SIZE:]
+        payload = {
+            "alg": algorithm,
+            "value": _b64url(sealed),
+            "iv": _b64url(iv),
+            "tag": _b64url(tag),
+            "aad": _b64url(context_aad(context)),
+        }
+        return self._field(self._call("decrypt", target, payload), "value", "decrypt", target)
 
     # -- KeyEncryptionKey -------------------------------------------------------------------
 
-    def _wrap_with(self, state: _KeyState, dek: bytes) -> WrappedKey:
+    def _wrap_with(self, state: _KeyState, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
         target = KeyUri(self._key.vault_url, state.name, state.version)
         if state.key_type not in RSA_KEY_TYPES | OCT_KEY_TYPES:
             raise ProviderError(
                 f"{target.uri}: a {state.key_type or 'typeless'} key cannot wrap data keys; "
                 "use an RSA, RSA-HSM or oct-HSM key"
             )
-        self._check_usable(state)
         if state.key_type in RSA_KEY_TYPES:
+            # RSA-OAEP has no AAD: the context cannot reach the service (the header MAC binds it).
+            self._check_usable(state, "wrapKey")
             algorithm = self._settings.algorithm
             if self._settings.wrap_locally and state.public_key is not None:
                 ciphertext = rsa_wrap(state.public_key, algorithm, dek)
             else:
                 ciphertext = self._remote("wrapKey", target, algorithm, dek)
-        else:
-            # Symmetric keys never leave the HSM: wrap in the service, never locally.
-            algorithm = self._settings.oct_algorithm
-            ciphertext = self._remote("wrapKey", target, algorithm, dek)
-        return WrappedKey(SCHEME, target.uri, algorithm, ciphertext)
+            return WrappedKey(SCHEME, target.uri, algorithm, ciphertext)
+        # Symmetric keys never leave the HSM: wrap in the service, never locally.
+        algorithm = self._settings.oct_algorithm
+        if algorithm in GCM_ALGORITHMS:
+            self._check_usable(state, "encrypt")
+            ciphertext = self._gcm_encrypt(target, algorithm, dek, context)
+            return WrappedKey(SCHEME, target.uri, algorithm, ciphertext, {"aad": AAD_LABEL})
+        self._check_usable(state, "wrapKey")
+        return WrappedKey(
+            SCHEME, target.uri, algorithm, self._remote("wrapKey", target, algorithm, dek)
+        )
 
     def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
         """Wrap ``dek`` with the key (its current version if the URI has none).
 
-        ``context`` is not sent: Key Vault's wrapKey has no AAD (the header MAC binds it).
+        oct-HSM keys with A*GCM send ``context`` to the HSM as AAD; RSA-OAEP and AES key wrap
+        have no AAD, so for them only the envelope's header MAC binds it.
         """
         state, cached = self._current()
         try:
-            return self._wrap_with(state, dek)
+            return self._wrap_with(state, dek, context)
         except (KeyDisabledError, KeyNotFoundError):
             if not cached:
                 raise
             # The cached version may have been disabled, deleted or replaced since: look again.
             state, _ = self._current(refresh=True)
-            return self._wrap_with(state, dek)
+            return self._wrap_with(state, dek, context)
 
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
-        """Unwrap in the service with the key version recorded in ``wrapped``."""
+        """Unwrap in the service with the key version recorded in ``wrapped``.
+
+        An A*GCM stanza is decrypted with ``context`` as AAD: under another context the HSM
+        refuses (``UnwrapError``). Key-wrap and RSA stanzas unwrap as they always did.
+        """
         if wrapped.provider != SCHEME:
             raise UnwrapError(f"{self.key_id}: cannot unwrap a {wrapped.provider!r} recipient")
         try:
@@ -284,4 +379,6 @@ class AzureKeyVaultKEK:
                 f"{wrapped.key_id}: refusing to unwrap RSA1_5 (PKCS#1 v1.5) data; set "
                 "allow_rsa1_5 = true in [providers.azure-kv] to read legacy envelopes"
             )
+        if algorithm in GCM_ALGORITHMS:
+            return self._gcm_decrypt(target, wrapped, algorithm, context)
         return self._remote("unwrapKey", target, algorithm, wrapped.ciphertext)

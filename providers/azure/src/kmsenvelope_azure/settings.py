@@ -99,7 +99,11 @@ SETTINGS_SCHEMA = SettingsSchema(
         Setting("verify_challenge_resource", "boolean", True),
         Setting("ca_bundle", "path", help="CA bundle for TLS to the vault"),
         Setting("algorithm", "string", help="RSA wrap algorithm (default RSA-OAEP-256)"),
-        Setting("oct_algorithm", "string", help="symmetric wrap algorithm (default A256KW)"),
+        Setting(
+            "oct_algorithm",
+            "string",
+            help="oct-HSM wrap algorithm: A256GCM (default, context as AAD) or A256KW",
+        ),
         Setting("allow_rsa1_5", "boolean", False, help="accept RSA1_5 (legacy data only)"),
         Setting("wrap_locally", "boolean", True, help="wrap with RSA public keys locally"),
         Setting("key_cache_ttl", "number", 30.0, minimum=0, help=_SECONDS),
