@@ -162,9 +162,9 @@ class FormatFloor(Subject):
     note = "the format's cryptography only, fixed header layout, no parsing or checks"
 
     def __init__(self) -> None:
-        from kmsenvelope.header import derive_keys, encode_context, parse_header
-        from kmsenvelope.kdf import hmac_sha256
-        from kmsenvelope.stream import SINGLE_FINAL_NONCE
+        from kmsenvelope.format.chunks import SINGLE_FINAL_NONCE
+        from kmsenvelope.format.header import encode_context, parse_header
+        from kmsenvelope.format.keyschedule import derive_keys, hmac_sha256
 
         engine = KmsEnvelope()
         self.engine = engine

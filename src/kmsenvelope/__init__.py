@@ -2,85 +2,130 @@
 
 Each message gets its own data key, wrapped by one or more key-encryption keys (KEKs) named by
 URI (``local:NAME``, ``aws-kms:…``, ``azure-kv:…``, ``pkcs11:…`` or any plugin's scheme).
+
+The public API has three layers, as pyca/cryptography separates its recipes from ``hazmat``:
+
+- **Recipes** (this module): :func:`encrypt`, :func:`decrypt`, :func:`encrypt_stream`,
+  :func:`decrypt_stream`, :func:`inspect_envelope`, :func:`rewrap`, :func:`rewrap_stream`,
+  :func:`migrate`, :class:`Engine`, :class:`Config` and :func:`load_config`.
+- **Plugins** (for provider authors): :class:`KeyEncryptionKey`, :class:`WrappedKey`,
+  :class:`RotatableKey`, :class:`ProviderRegistry`, :data:`hookimpl`, :class:`InMemoryKEK`, the
+  settings schema (:class:`Setting`, :class:`SettingsSchema`) and the conformance suite
+  ``kmsenvelope.conformance.ProviderConformance`` (it needs pytest, so it is not imported here).
+- **Errors**: one tree, drawn in the docstring of :mod:`kmsenvelope.errors`; the errors callers
+  usually catch are re-exported here, every one is in ``kmsenvelope.errors``.
+
+Everything else — the format's header, chunk and compact codecs, the key schedule — is
+:mod:`kmsenvelope.hazmat`. Names this module used to export (``inspect``, which shadowed the
+standard library module, and the less common exceptions) still work for one release, with a
+``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from . import errors
 from .config import Config, load_config
-from .engine import Engine, EnvelopeInfo, Recipient
+from .engine import Engine, Recipient
 from .errors import (
-    AccessDeniedError,
-    AuditLogError,
     AuthenticationError,
     ConfigError,
     DecryptionError,
-    KeyDestroyedError,
-    KeyDisabledError,
-    KeyNotFoundError,
-    KeystoreCorruptError,
-    KeystoreError,
     KmsEnvelopeError,
     MalformedEnvelopeError,
+    MigrationIncompleteError,
     NoRecipientError,
-    PluginError,
     ProviderError,
     ProviderUnavailableError,
-    RecipientAttempt,
-    ThrottledError,
-    UnknownSchemeError,
-    UnwrapError,
-    WrongPassphraseError,
 )
+from .inspection import EnvelopeInfo, inspect_envelope
 from .kek import KeyEncryptionKey, ProviderFactory, RotatableKey, WrappedKey
+from .memory import InMemoryKEK
+from .migrate.runner import migrate
 from .plugins import ProviderRegistry, hookimpl
+from .settings import Setting, SettingsSchema
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccessDeniedError",
-    "AuditLogError",
     "AuthenticationError",
     "Config",
     "ConfigError",
     "DecryptionError",
     "Engine",
     "EnvelopeInfo",
-    "KeyDestroyedError",
-    "KeyDisabledError",
+    "InMemoryKEK",
     "KeyEncryptionKey",
-    "KeyNotFoundError",
-    "KeystoreCorruptError",
-    "KeystoreError",
     "KmsEnvelopeError",
     "MalformedEnvelopeError",
+    "MigrationIncompleteError",
     "NoRecipientError",
-    "PluginError",
     "ProviderError",
     "ProviderFactory",
     "ProviderRegistry",
     "ProviderUnavailableError",
-    "RecipientAttempt",
+    "Recipient",
     "RotatableKey",
-    "ThrottledError",
-    "UnknownSchemeError",
-    "UnwrapError",
+    "Setting",
+    "SettingsSchema",
     "WrappedKey",
-    "WrongPassphraseError",
     "decrypt",
     "decrypt_stream",
     "default_engine",
     "encrypt",
     "encrypt_stream",
+    "errors",
     "hookimpl",
-    "inspect",
+    "inspect_envelope",
     "load_config",
+    "migrate",
     "rewrap",
     "rewrap_stream",
 ]
+
+# Exported before the public API was drawn; importable for one more release.
+_DEPRECATED_ERRORS = frozenset(
+    {
+        "AccessDeniedError",
+        "AuditLogError",
+        "KeyDestroyedError",
+        "KeyDisabledError",
+        "KeyNotFoundError",
+        "KeystoreCorruptError",
+        "KeystoreError",
+        "PluginError",
+        "RecipientAttempt",
+        "ThrottledError",
+        "UnknownSchemeError",
+        "UnwrapError",
+        "WrongPassphraseError",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Old names, with a ``DeprecationWarning`` saying where they live now."""
+    if name == "inspect":
+        warnings.warn(
+            "kmsenvelope.inspect is deprecated (it shadowed the standard library's inspect): "
+            "use kmsenvelope.inspect_envelope",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return inspect_envelope
+    if name in _DEPRECATED_ERRORS:
+        warnings.warn(
+            f"kmsenvelope.{name} is deprecated: import it from kmsenvelope.errors",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(errors, name)
+    raise AttributeError(f"module 'kmsenvelope' has no attribute {name!r}")
+
 
 _default: Engine | None = None
 _default_lock = threading.Lock()
@@ -142,11 +187,6 @@ def decrypt_stream(
 ) -> int:
     """Decrypt binary file ``src`` into ``dst`` chunk by chunk; return bytes written."""
     return default_engine().decrypt_stream(src, dst, context, keys=keys)
-
-
-def inspect(blob_or_file: bytes | bytearray | memoryview | str | BinaryIO) -> EnvelopeInfo:
-    """Read an envelope's header (format, recipients, context) without any key."""
-    return default_engine().inspect(blob_or_file)
 
 
 def rewrap(

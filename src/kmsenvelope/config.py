@@ -157,13 +157,12 @@ class Config:
     def redacted(self, schemas: Mapping[str, SettingsSchema] | None = None) -> dict[str, Any]:
         """The effective config as a dict, provider settings redacted by allow-list.
 
-        A provider setting is shown only if its provider's schema (``schemas``, by scheme; the
-        built-in ``local`` provider's is always known) declares it and not secret; every other
-        value -- undeclared names, providers not installed -- is ``***``.
+        A provider setting is shown only if its provider's schema (``schemas``, by scheme, e.g.
+        ``ProviderRegistry.schemas``) declares it and not secret; every other value --
+        undeclared names, providers not installed, any provider when no schemas are given (as
+        in ``repr``) -- is ``***``.
         """
-        from .local.provider import LOCAL_SETTINGS
-
-        known: dict[str, SettingsSchema] = {"local": LOCAL_SETTINGS, **(schemas or {})}
+        known: Mapping[str, SettingsSchema] = schemas or {}
         return {
             "file": str(self.path) if self.path else None,
             "profile": self.profile,

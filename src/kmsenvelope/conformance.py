@@ -60,7 +60,7 @@ import pytest
 from .config import Config
 from .engine import Engine
 from .errors import AuthenticationError, DecryptionError, KeyNotFoundError, ProviderError
-from .header import MAGIC
+from .format.header import MAGIC
 from .kek import KeyEncryptionKey, WrappedKey, scheme_of
 from .plugins import ProviderRegistry
 

@@ -1,16 +1,27 @@
-"""The envelope engine: choose recipients, wrap a fresh data key, encrypt, and the reverse."""
+"""The envelope engine: resolve recipients, wrap a fresh data key, write header and payload;
+and the reverse: find a recipient that unwraps, check the header, read the payload."""
 
 from __future__ import annotations
 
+import hmac
 import io
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from .armor import (
+from .cache import DataKeyCache
+from .config import Config, load_config
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    KmsEnvelopeError,
+    ProviderError,
+    UnknownSchemeError,
+)
+from .format.compact import (
+    COMPACT_PREFIX,
     WHITESPACE,
     ArmorWriter,
     PrefixedReader,
@@ -19,93 +30,56 @@ from .armor import (
     spool_compact,
     to_compact,
 )
-from .cache import DataKeyCache
-from .config import MAX_UNWRAP_ATTEMPTS_RANGE, Config, check_allowed_keys, load_config
-from .errors import (
-    AuthenticationError,
-    ConfigError,
-    KmsEnvelopeError,
-    NoRecipientError,
-    ProviderError,
-    RecipientAttempt,
-    UnknownSchemeError,
-)
-from .header import (
-    COMPACT_PREFIX,
+from .format.header import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_LIMITS,
-    DEK_SIZE,
     MAGIC,
     NONCE_SIZE,
     Header,
     Limits,
     check_chunk_size,
-    derive_keys,
     encode_new_header,
     parse_header,
     read_header,
     validate_context,
 )
-from .kdf import hmac_sha256
+from .format.keyschedule import DEK_SIZE, derive_keys, hmac_sha256
+from .inspection import EnvelopeInfo, inspect_envelope
 from .kek import KeyEncryptionKey, WrappedKey, scheme_of
-from .plugins import ProviderRegistry
-from .stream import (
+from .pipeline import (
     decrypt_bytes,
     decrypt_payload,
     encrypt_bytes,
     encrypt_payload,
-    payload_length,
-    tell_or_none,
 )
-from .trust import LruCache, TrustPolicy
+from .plugins import ProviderRegistry
+from .trust import (
+    KEK_CACHE_SIZE,
+    LruCache,
+    RecipientFailures,
+    TrustPolicy,
+    TrustSettings,
+    UnwrapAttempts,
+    scheme_or_none,
+)
 
-__all__ = ["Engine", "EnvelopeInfo", "Recipient"]
+# EnvelopeInfo, inspect_envelope (inspection.py) and KEK_CACHE_SIZE (trust.py) are re-exported
+# for code that imported them from here.
+__all__ = ["KEK_CACHE_SIZE", "Engine", "EnvelopeInfo", "Recipient", "inspect_envelope"]
 
 Recipient = str | KeyEncryptionKey
 MAX_WRAP_THREADS = 8
-KEK_CACHE_SIZE = 256  # opened KEKs kept per engine (LRU): bounded whatever envelopes name
 Progress = Callable[[int], None]
 
 
-@dataclass(frozen=True, slots=True)
-class EnvelopeInfo:
-    """What ``inspect`` can tell about an envelope without any key."""
-
-    format_version: int
-    encoding: str
-    chunk_size: int
-    context: Mapping[str, str]
-    recipients: tuple[WrappedKey, ...]
-    header_size: int
-    payload_length: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (wrapped key bytes are omitted: they are opaque)."""
-        return {
-            "format_version": self.format_version,
-            "encoding": self.encoding,
-            "chunk_size": self.chunk_size,
-            "header_size": self.header_size,
-            "payload_length": self.payload_length,
-            "context": dict(self.context),
-            "recipients": [
-                {
-                    "provider": r.provider,
-                    "key_id": r.key_id,
-                    "algorithm": r.algorithm,
-                    "params": dict(r.params),
-                    "wrapped_key_size": len(r.ciphertext),
-                }
-                for r in self.recipients
-            ],
-        }
-
-
-def _describe(exc: BaseException) -> str:
+def _as_error(exc: Exception) -> KmsEnvelopeError:
+    """What a provider raised, as one of our errors: ours as they are, anything else (a plugin
+    bug) as a ``ProviderError`` naming its type."""
     if isinstance(exc, KmsEnvelopeError):
-        return str(exc)
-    return f"provider failed unexpectedly: {type(exc).__name__}: {exc}"
+        return exc
+    error = ProviderError(f"provider failed unexpectedly: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 class Engine:
@@ -139,21 +113,8 @@ class Engine:
         trusted_keys: Sequence[str] = (),
         max_unwrap_attempts: int | None = None,
     ) -> None:
-        for name, value in (("allowed_keys", allowed_keys), ("allow", allow)):
-            if isinstance(value, str):
-                raise TypeError(f"{name} must be a list of key-URI patterns, not one string")
-        if isinstance(trusted_keys, str):
-            raise TypeError("trusted_keys must be a list of key URIs, not one string")
-        self._allowed = None if allowed_keys is None else check_allowed_keys(allowed_keys)
-        self._allow = check_allowed_keys(allow, source="allow") if allow else ()
-        self._trusted = tuple(trusted_keys)
-        for uri in self._trusted:
-            try:
-                scheme_of(uri)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        self._max_attempts = (
-            None if max_unwrap_attempts is None else _check_attempts(max_unwrap_attempts)
+        self._trust_settings = TrustSettings.checked(
+            allowed_keys, allow, trusted_keys, max_unwrap_attempts
         )
         self._registry = registry
         self._config = config
@@ -181,14 +142,14 @@ class Engine:
     @property
     def allowed_keys(self) -> tuple[str, ...] | None:
         """The configured key-URI patterns (None: strict, only named keys; see the class)."""
-        return self._allowed if self._allowed is not None else self.config.allowed_keys
+        own = self._trust_settings.allowed_keys
+        return own if own is not None else self.config.allowed_keys
 
     @property
     def max_unwrap_attempts(self) -> int:
         """Provider unwrap calls one envelope may cause."""
-        if self._max_attempts is not None:
-            return self._max_attempts
-        return self.config.max_unwrap_attempts
+        own = self._trust_settings.max_unwrap_attempts
+        return own if own is not None else self.config.max_unwrap_attempts
 
     @property
     def trust(self) -> TrustPolicy:
@@ -196,12 +157,7 @@ class Engine:
         with self._lock:
             if self._trust is not None:
                 return self._trust
-        config = self.config  # outside the lock: loading it may take a while
-        policy = TrustPolicy(
-            self._allowed if self._allowed is not None else config.allowed_keys,
-            self._allow,
-            (*config.recipients, *self._trusted),
-        )
+        policy = self._trust_settings.policy(self.config)  # unlocked: loading config may be slow
         with self._lock:
             if self._trust is None:
                 self._trust = policy
@@ -215,19 +171,15 @@ class Engine:
 
     def open_key(self, uri: str) -> KeyEncryptionKey:
         """Open (or reuse) the KEK named by ``uri`` through its provider."""
-        kek = self._cache.get(uri)
-        if kek is not None:
-            return kek
-        try:
-            scheme = scheme_of(uri)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        settings = self.config.provider_settings(scheme)
-        kek = self.registry.open(uri, settings)  # a failed open raises: never cached
-        return self._cache.setdefault(uri, kek)
+        return self._cache.get_or_add(uri, lambda: self._open(uri))  # a failed open: not cached
 
     def open_fresh(self, uri: str) -> KeyEncryptionKey:
         """A new, uncached KEK instance for ``uri`` (used to verify freshly wrapped keys)."""
+        return self._open(uri)
+
+    def _open(self, uri: str) -> KeyEncryptionKey:
+        """Open ``uri`` through its provider with the configured settings (subclasses that
+        override ``open_key``/``open_fresh`` rely on this one not being overridden)."""
         try:
             scheme = scheme_of(uri)
         except ValueError as exc:
@@ -270,10 +222,10 @@ class Engine:
         except KmsEnvelopeError:
             raise
         except Exception as exc:
-            raise ProviderError(f"{kek.key_id}: wrap failed: {_describe(exc)}") from exc
+            raise ProviderError(f"{kek.key_id}: wrap failed: {_as_error(exc)}") from exc
         if not isinstance(w, WrappedKey):
             raise ProviderError(f"{kek.key_id}: wrap returned {type(w).__name__}, not WrappedKey")
-        if _scheme_or_none(w.key_id) != w.provider:
+        if scheme_or_none(w.key_id) != w.provider:
             raise ProviderError(
                 f"{kek.key_id}: wrap returned key id {w.key_id!r} that does not start with "
                 f"its provider {w.provider!r}"
@@ -304,43 +256,40 @@ class Engine:
         if len(exact) == len(supplied):
             return exact
         same_scheme = [
-            k
-            for k in supplied
-            if k not in exact and _scheme_or_none(k.key_id) == recipient.provider
+            k for k in supplied if k not in exact and scheme_or_none(k.key_id) == recipient.provider
         ]
         return exact + same_scheme
 
     def _keks_for(
-        self, recipient: WrappedKey, keys: Sequence[KeyEncryptionKey], reasons: list[str]
+        self,
+        recipient: WrappedKey,
+        keys: Sequence[KeyEncryptionKey],
+        failures: RecipientFailures,
     ) -> Iterator[KeyEncryptionKey]:
         """Supplied KEKs that may hold this recipient, then the registry's, opened lazily."""
         candidates = self._candidates(recipient, keys)
         yield from candidates
         if any(k.key_id == recipient.key_id for k in candidates):
             return  # the exact key was supplied; another instance of it would fail the same way
-        scheme = _scheme_or_none(recipient.key_id)
+        scheme = scheme_or_none(recipient.key_id)
         if scheme is not None:
             try:  # said before the trust check: "install the provider" is the more useful answer
                 self.registry.factory_for(scheme)
             except UnknownSchemeError as exc:
-                reasons.append(str(exc))
+                failures.skipped(str(exc))
                 return
             schema = self.registry.schemas.get(scheme)
             if schema is not None:  # the user's own settings: a mistake there is a ConfigError
                 schema.parse(self.config.provider_settings(scheme))
         if not self.key_allowed(recipient.key_id):
-            reasons.append(f"{recipient.key_id}: {self.trust.refusal(recipient.key_id)}")
+            failures.skipped(f"{recipient.key_id}: {self.trust.refusal(recipient.key_id)}")
             return
         try:
             kek = self.open_key(recipient.key_id)
-        except Exception as exc:  # unknown scheme, bad settings, plugin bug
-            reasons.append(_describe(exc))
+        except Exception as exc:  # bad settings, keystore missing, key gone, plugin bug
+            failures.failed(_as_error(exc))
             return
         yield kek
-
-    def _unwrap_dek(self, header: Header, keys: Sequence[KeyEncryptionKey]) -> tuple[bytes, bytes]:
-        """Find a recipient that unwraps; return ``(payload_key, mac_key)`` after the MAC check."""
-        return self._open_dek(header, keys)[1]
 
     def unwrap_data_key(self, header: Header, keys: Sequence[KeyEncryptionKey] = ()) -> bytes:
         """The envelope's DEK, from the first recipient that unwraps, checked by the header MAC.
@@ -353,36 +302,26 @@ class Engine:
         self, header: Header, keys: Sequence[KeyEncryptionKey]
     ) -> tuple[bytes, tuple[bytes, bytes]]:
         """``(dek, (payload_key, mac_key))`` from the first recipient that unwraps."""
-        attempts: list[RecipientAttempt] = []
-        budget = self.max_unwrap_attempts
+        attempts = UnwrapAttempts(self.max_unwrap_attempts)
         for recipient in header.recipients:
-            reasons: list[str] = []
-            for kek in self._keks_for(recipient, keys, reasons):
-                if budget <= 0:
-                    reasons.append(
-                        f"not tried: this envelope already caused {self.max_unwrap_attempts} "
-                        "unwrap attempts (max_unwrap_attempts)"
-                    )
+            failures = attempts.recipient(recipient.key_id)
+            for kek in self._keks_for(recipient, keys, failures):
+                if not attempts.spend(failures):
                     break
-                budget -= 1
                 try:
                     dek = kek.unwrap(recipient, header.context)
                 except Exception as exc:
-                    reasons.append(_describe(exc))
+                    failures.failed(_as_error(exc))
                     continue
                 if not isinstance(dek, bytes | bytearray) or len(dek) != DEK_SIZE:
-                    reasons.append("provider returned a data key of the wrong size")
+                    failures.failed(ProviderError("provider returned a data key of the wrong size"))
                     continue
                 dek = bytes(dek)
                 derived = derive_keys(dek, header.nonce)
                 if not header.verify_mac(derived[1]):
                     raise AuthenticationError()
                 return dek, derived
-            # Providers usually prefix their messages with the key id; say it once.
-            prefix = f"{recipient.key_id}: "
-            reason = "; ".join(r.removeprefix(prefix) for r in reasons)
-            attempts.append(RecipientAttempt(recipient.key_id, reason))
-        raise NoRecipientError(attempts)
+        raise attempts.no_recipient()
 
     # -- encryption -------------------------------------------------------------------------
 
@@ -510,7 +449,7 @@ class Engine:
     ) -> int:
         header, _size = read_header(reader, self.limits)
         check_context(header.context, context)
-        payload_key, _mac_key = self._unwrap_dek(header, keys)
+        _dek, (payload_key, _mac_key) = self._open_dek(header, keys)
         # For a BytesIO the header (> 8 bytes) has used up the reader's lookahead: read the
         # payload in place from the BytesIO (no copy) rather than through the wrapper.
         src = reader if payload_src is None else payload_src
@@ -521,22 +460,6 @@ class Engine:
     ) -> EnvelopeInfo:
         """Read an envelope's header without any key."""
         return inspect_envelope(blob_or_file, self.limits)
-
-
-def _check_attempts(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError("max_unwrap_attempts must be an integer")
-    low, high = MAX_UNWRAP_ATTEMPTS_RANGE
-    if not low <= value <= high:
-        raise ConfigError(f"max_unwrap_attempts must be {low}..{high}")
-    return value
-
-
-def _scheme_or_none(uri: str) -> str | None:
-    try:
-        return scheme_of(uri)
-    except ValueError:
-        return None
 
 
 def check_context(envelope: Mapping[str, str], expected: Mapping[str, str] | None) -> None:
@@ -552,49 +475,4 @@ def check_context(envelope: Mapping[str, str], expected: Mapping[str, str] | Non
 
 
 def _equal(a: str, b: str) -> bool:
-    import hmac
-
     return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
-
-
-def inspect_envelope(
-    blob_or_file: bytes | bytearray | memoryview | str | BinaryIO,
-    limits: Limits = DEFAULT_LIMITS,
-) -> EnvelopeInfo:
-    """Parse an envelope header (binary or compact, bytes or file) without any key."""
-    if isinstance(blob_or_file, str | bytes | bytearray | memoryview):
-        raw = (
-            blob_or_file.encode("ascii", "replace")
-            if isinstance(blob_or_file, str)
-            else bytes(blob_or_file)
-        )
-        encoding = "binary"
-        if raw.lstrip(WHITESPACE).startswith(COMPACT_PREFIX):
-            raw = from_compact(raw)
-            encoding = "compact"
-        header, size = read_header(io.BytesIO(raw), limits)
-        length = payload_length(len(raw) - size, header.chunk_size)
-        return _info(header, encoding, size, length)
-    src = blob_or_file
-    start = tell_or_none(src)
-    reader, encoding = open_envelope_stream(src)
-    header, size = read_header(reader, limits)
-    length = None
-    if encoding == "compact":
-        remaining = 0
-        while block := reader.read(1 << 20):
-            remaining += len(block)
-        length = payload_length(remaining, header.chunk_size)
-    elif start is not None:
-        try:
-            end = src.seek(0, io.SEEK_END)
-            length = payload_length(end - start - size, header.chunk_size)
-        except (OSError, ValueError):
-            length = None
-    return _info(header, encoding, size, length)
-
-
-def _info(header: Header, encoding: str, size: int, length: int | None) -> EnvelopeInfo:
-    return EnvelopeInfo(
-        1, encoding, header.chunk_size, header.context, header.recipients, size, length
-    )

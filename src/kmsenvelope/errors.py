@@ -6,12 +6,12 @@
     ├── DecryptionError                 an envelope could not be opened
     │   ├── AuthenticationError         opaque: did not authenticate        exit 3
     │   │   └── MalformedEnvelopeError  not an envelope / breaks format     exit 3
-    │   └── NoRecipientError            no recipient could unwrap the DEK   exit 4
+    │   └── NoRecipientError            no recipient could unwrap the DEK   exit 4 (or 7-10)
     ├── ConfigError                     bad configuration or arguments      exit 2
     ├── UnknownSchemeError              no provider for a URI scheme        exit 5
     ├── PluginError                     a plugin failed to load/register    exit 5
     ├── ProviderError                   a provider refused or failed        exit 6
-    │   ├── ProviderUnavailableError    unreachable, timed out              exit 7
+    │   ├── ProviderUnavailableError    unreachable, timed out (retryable)  exit 7
     │   │   └── ThrottledError          still throttled after retries       exit 7
     │   ├── AccessDeniedError           credentials lack a permission       exit 8
     │   ├── KeyNotFoundError            no such key or key version          exit 9
@@ -24,13 +24,26 @@
     ├── AuditLogError                   audit hash chain broken             exit 12
     └── MigrationIncompleteError        some envelopes were not migrated    exit 13
 
+Each class states its exit code once, on its ``class`` line (``exit_code=N``); a subclass that
+states none keeps its base's.
+
+``NoRecipientError.attempts`` holds one :class:`RecipientAttempt` per recipient of the envelope:
+its ``key_id``, the ``reason`` (one line), the ``error`` its provider raised (None when no
+provider was called for it: key not allowed, no provider installed, attempt cap reached) and
+``retryable`` (the error is a ``ProviderUnavailableError``: unreachable or throttled, try again
+later). Its exit code comes from those errors: when every recipient whose provider was called
+failed with the same kind -- unavailable or throttled (7), access denied (8), not found (9),
+disabled or destroyed (10) -- that kind's code; otherwise (mixed kinds, no provider called, a
+rejected wrapped key, a keystore or unexpected failure) 4.
+
 Messages never contain key material, plaintext or passphrases.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 __all__ = [
     "AccessDeniedError",
@@ -57,93 +70,66 @@ __all__ = [
     "WrongPassphraseError",
 ]
 
+RECIPIENT_FAILURE_CODES = frozenset({7, 8, 9, 10})
+"""Exit codes a ``NoRecipientError`` takes over when every contacted recipient failed so."""
+
 
 class KmsEnvelopeError(Exception):
     """Base class of every error raised by kmsenvelope."""
 
     exit_code: int = 1
 
+    def __init_subclass__(cls, *, exit_code: int | None = None) -> None:
+        """``class X(Base, exit_code=N)`` sets X's exit code; without it X keeps Base's."""
+        super().__init_subclass__()
+        if exit_code is not None:
+            cls.exit_code = exit_code
+
 
 class DecryptionError(KmsEnvelopeError):
     """An envelope could not be decrypted (catch this for 'any decrypt failure')."""
 
 
-class AuthenticationError(DecryptionError):
+class AuthenticationError(DecryptionError, exit_code=3):
     """The envelope did not authenticate: tampered, truncated, wrong key or wrong context.
 
     Deliberately opaque: it never says which byte or check failed.
     """
 
-    exit_code = 3
+    default_message: ClassVar[str] = "envelope did not authenticate"
 
-    def __init__(self, message: str = "envelope did not authenticate") -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(self.default_message if message is None else message)
 
 
 class MalformedEnvelopeError(AuthenticationError):
     """The input is not a kmsenvelope envelope or violates a format limit."""
 
-    def __init__(self, message: str = "input is not a valid kmsenvelope envelope") -> None:
-        super().__init__(message)
+    default_message = "input is not a valid kmsenvelope envelope"
 
 
-@dataclass(frozen=True, slots=True)
-class RecipientAttempt:
-    """One recipient the decryptor tried, and why it could not unwrap the data key."""
-
-    key_id: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.key_id}: {self.reason}"
-
-
-class NoRecipientError(DecryptionError):
-    """None of the envelope's recipients could unwrap the data key.
-
-    ``attempts`` lists every recipient, in envelope order, with the reason it failed.
-    """
-
-    exit_code = 4
-
-    def __init__(self, attempts: Sequence[RecipientAttempt]) -> None:
-        self.attempts: tuple[RecipientAttempt, ...] = tuple(attempts)
-        lines = "; ".join(str(a) for a in self.attempts) or "the envelope has no recipients"
-        super().__init__(f"no recipient could unwrap the data key ({lines})")
-
-
-class ConfigError(KmsEnvelopeError):
+class ConfigError(KmsEnvelopeError, exit_code=2):
     """Configuration (file, environment or arguments) is invalid."""
 
-    exit_code = 2
 
-
-class UnknownSchemeError(KmsEnvelopeError):
+class UnknownSchemeError(KmsEnvelopeError, exit_code=5):
     """No installed provider handles this URI scheme."""
 
-    exit_code = 5
 
-
-class PluginError(KmsEnvelopeError):
+class PluginError(KmsEnvelopeError, exit_code=5):
     """A plugin could not be loaded or registered a provider badly."""
 
-    exit_code = 5
 
-
-class ProviderError(KmsEnvelopeError):
+class ProviderError(KmsEnvelopeError, exit_code=6):
     """A provider (KMS, HSM, keystore) refused or failed an operation."""
 
-    exit_code = 6
 
-
-class ProviderUnavailableError(ProviderError):
-    """The provider could not be reached or kept failing transiently.
+class ProviderUnavailableError(ProviderError, exit_code=7):
+    """The provider could not be reached or kept failing transiently: retrying later may work.
 
     ``retry_after`` (seconds), when the service said how long to wait, is honoured by
     callers that retry (bulk migration).
     """
-
-    exit_code = 7
 
     def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -154,38 +140,28 @@ class ThrottledError(ProviderUnavailableError):
     """The provider kept throttling requests after bounded retries."""
 
 
-class AccessDeniedError(ProviderError):
+class AccessDeniedError(ProviderError, exit_code=8):
     """The credentials in use lack a permission for this key."""
 
-    exit_code = 8
 
-
-class KeyNotFoundError(ProviderError):
+class KeyNotFoundError(ProviderError, exit_code=9):
     """The key, or the key version, does not exist."""
 
-    exit_code = 9
 
-
-class KeyDisabledError(ProviderError):
+class KeyDisabledError(ProviderError, exit_code=10):
     """The key or key version is disabled (or expired) and may not be used."""
 
-    exit_code = 10
 
-
-class KeyDestroyedError(ProviderError):
+class KeyDestroyedError(ProviderError, exit_code=10):
     """The key version was destroyed (or is pending deletion); what it wrapped is lost."""
-
-    exit_code = 10
 
 
 class UnwrapError(ProviderError):
     """The KEK rejected the wrapped key: tampered, wrong key, or wrong context."""
 
 
-class KeystoreError(KmsEnvelopeError):
+class KeystoreError(KmsEnvelopeError, exit_code=11):
     """The local software HSM keystore cannot be used."""
-
-    exit_code = 11
 
 
 class WrongPassphraseError(KeystoreError):
@@ -196,13 +172,49 @@ class KeystoreCorruptError(KeystoreError):
     """A keystore file is unreadable, truncated or fails its integrity check."""
 
 
-class AuditLogError(KmsEnvelopeError):
+class AuditLogError(KmsEnvelopeError, exit_code=12):
     """The audit log's hash chain is broken: an entry was edited, removed or reordered."""
 
-    exit_code = 12
 
-
-class MigrationIncompleteError(KmsEnvelopeError):
+class MigrationIncompleteError(KmsEnvelopeError, exit_code=13):
     """A bulk re-wrap finished, but some envelopes failed or changed under it (see the report)."""
 
-    exit_code = 13
+
+@dataclass(frozen=True, slots=True)
+class RecipientAttempt:
+    """One recipient the decryptor tried: why it could not unwrap the data key, and the error
+    its provider raised (None when no provider was called for it)."""
+
+    key_id: str
+    reason: str
+    error: KmsEnvelopeError | None = field(default=None, compare=False)
+
+    @property
+    def retryable(self) -> bool:
+        """The provider was unreachable or throttled: trying again later may succeed."""
+        return isinstance(self.error, ProviderUnavailableError)
+
+    def __str__(self) -> str:
+        return f"{self.key_id}: {self.reason}"
+
+
+class NoRecipientError(DecryptionError, exit_code=4):
+    """None of the envelope's recipients could unwrap the data key.
+
+    ``attempts`` lists every recipient, in envelope order, with the reason and error; the exit
+    code comes from those errors (see the module documentation).
+    """
+
+    def __init__(self, attempts: Sequence[RecipientAttempt]) -> None:
+        self.attempts: tuple[RecipientAttempt, ...] = tuple(attempts)
+        codes = {a.error.exit_code for a in self.attempts if a.error is not None}
+        if len(codes) == 1 and codes <= RECIPIENT_FAILURE_CODES:
+            self.exit_code = codes.pop()
+        lines = "; ".join(str(a) for a in self.attempts) or "the envelope has no recipients"
+        super().__init__(f"no recipient could unwrap the data key ({lines})")
+
+    @property
+    def retryable(self) -> bool:
+        """Every recipient whose provider was called failed transiently: retry later."""
+        contacted = [a for a in self.attempts if a.error is not None]
+        return bool(contacted) and all(a.retryable for a in contacted)

@@ -1,8 +1,12 @@
-"""Deterministic, key-in-hand format operations: build or open an envelope given its DEK.
+"""The low-level layer: the format's building blocks, and key-in-hand envelope operations.
 
-For known-answer test vectors, independent implementations and re-wrapping. The caller is
-responsible for the DEK and nonce: reusing a (DEK, nonce) pair for two different plaintexts
-destroys confidentiality. Everyday code should use ``kmsenvelope.encrypt``/``decrypt``.
+For known-answer test vectors, independent implementations, re-wrapping and tools that need
+the format's parts: the header codec (``parse_header``, ``Header``, ``Limits``), the key
+schedule (``derive_keys``), the chunk codec (``chunk_nonce``, ``encrypt_payload``,
+``decrypt_payload``), the compact form (``to_compact``, ``from_compact``), and ``seal`` /
+``open_with_dek``. The caller is responsible for the DEK and nonce: reusing a (DEK, nonce) pair
+for two different plaintexts destroys confidentiality. Everyday code should use
+``kmsenvelope.encrypt``/``decrypt``: the recipes check everything these leave to you.
 """
 
 from __future__ import annotations
@@ -11,23 +15,36 @@ import io
 from collections.abc import Mapping, Sequence
 
 from .errors import AuthenticationError, MalformedEnvelopeError
-from .header import (
-    COMPACT_PREFIX,
+from .format.chunks import chunk_nonce
+from .format.compact import COMPACT_PREFIX, from_compact, to_compact
+from .format.header import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_LIMITS,
-    DEK_SIZE,
     NONCE_SIZE,
     Header,
     Limits,
-    derive_keys,
     new_header,
     read_header,
     validate_context,
 )
+from .format.keyschedule import DEK_SIZE, derive_keys
 from .kek import WrappedKey
-from .stream import decrypt_payload, encrypt_payload
+from .pipeline import decrypt_payload, encrypt_payload
 
-__all__ = ["open_with_dek", "parse_header", "seal"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Header",
+    "Limits",
+    "chunk_nonce",
+    "decrypt_payload",
+    "derive_keys",
+    "encrypt_payload",
+    "from_compact",
+    "open_with_dek",
+    "parse_header",
+    "seal",
+    "to_compact",
+]
 
 
 def seal(

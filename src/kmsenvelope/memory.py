@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import UnwrapError
-from .header import encode_context
+from .format.header import encode_context
 from .kek import WrappedKey
 
 __all__ = ["InMemoryKEK"]

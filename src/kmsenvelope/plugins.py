@@ -1,4 +1,4 @@
-"""The plugin host: providers register factories by URI scheme through pluggy.
+"""The plugin host: plugins register providers, key creators, CLI commands and loggers (pluggy).
 
 Built-in providers (the local HSM) are loaded from the ``kmsenvelope`` entry-point group
 exactly like third-party ones. Two environment variables control what loads:
@@ -10,81 +10,72 @@ exactly like third-party ones. Two environment variables control what loads:
 A provider may declare its settings (``register(scheme, factory, schema=SettingsSchema(…))``, see
 :mod:`kmsenvelope.settings`): the registry then refuses unknown or mistyped settings before the
 factory runs, and ``config show`` prints only the settings declared non-secret.
+
+The hooks and what their ``register`` callables accept are in :mod:`kmsenvelope.hooks`
+(providers, key creators, CLI commands, global setting options, logger names); their names are
+re-exported here. What one plugin registers is checked as it comes, and kept only if all of it
+is valid: a plugin whose registration fails leaves the registry as it was.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any
 
 import pluggy
 
 from .errors import PluginError, UnknownSchemeError
+from .hooks import (
+    PROJECT,
+    AddArguments,
+    CommandContext,
+    CommandHandler,
+    KeyCreator,
+    PluginHooks,
+    RegisterCommand,
+    RegisterKeyCreator,
+    RegisterLoggers,
+    RegisterProvider,
+    RegisterSettingOption,
+    hookimpl,
+    hookspec,
+)
 from .kek import KeyEncryptionKey, ProviderFactory, scheme_of
+from .registration import (
+    BLOCK_ENV,
+    CommandInfo,
+    PluginRegistration,
+    ProviderInfo,
+    Registered,
+    SettingOption,
+)
 from .settings import SettingsSchema
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PROJECT",
+    "AddArguments",
+    "CommandContext",
+    "CommandHandler",
+    "CommandInfo",
     "KeyCreator",
     "ProviderInfo",
     "ProviderRegistry",
+    "RegisterCommand",
     "RegisterKeyCreator",
+    "RegisterLoggers",
     "RegisterProvider",
+    "RegisterSettingOption",
+    "SettingOption",
     "hookimpl",
     "hookspec",
 ]
 
-PROJECT = "kmsenvelope"
 ENTRY_POINT_GROUP = "kmsenvelope"
 ALLOW_ENV = "KMSENVELOPE_PLUGINS"
-BLOCK_ENV = "KMSENVELOPE_BLOCK_PLUGINS"
-
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-class RegisterProvider(Protocol):
-    """``register(scheme, factory, schema=None)``: what ``kmsenvelope_register_providers`` gets."""
-
-    def __call__(
-        self, scheme: str, factory: ProviderFactory, /, *, schema: SettingsSchema | None = None
-    ) -> None: ...
-
-
-KeyCreator = Callable[[str, Mapping[str, Any], str], str]
-"""``creator(uri, settings, key_type) -> uri``: make the key ``uri`` names; return its URI."""
-RegisterKeyCreator = Callable[[str, KeyCreator], None]
-
-
-class _Hookspecs:
-    """Hooks a kmsenvelope plugin may implement."""
-
-    @hookspec
-    def kmsenvelope_register_providers(self, register: RegisterProvider) -> None:
-        """Call ``register(scheme, factory)`` once per URI scheme this plugin provides
-        (``schema=`` its :class:`~kmsenvelope.settings.SettingsSchema`, if it declares one)."""
-
-    @hookspec
-    def kmsenvelope_register_key_creators(self, register: RegisterKeyCreator) -> None:
-        """Optional: call ``register(scheme, creator)`` for schemes whose keys
-        ``kmsenvelope keys create URI`` may create (``creator(uri, settings, key_type)``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderInfo:
-    """One registered provider: its scheme, and the plugin and distribution it came from."""
-
-    scheme: str
-    plugin: str
-    distribution: str
-    version: str
-    factory: ProviderFactory
-    schema: SettingsSchema | None = None
 
 
 def _names_from_env(var: str) -> set[str] | None:
@@ -95,7 +86,8 @@ def _names_from_env(var: str) -> set[str] | None:
 
 
 class ProviderRegistry:
-    """Maps URI schemes to provider factories, filled by plugins.
+    """Maps URI schemes to provider factories, filled by plugins (with their commands,
+    setting options and logger names).
 
     ``ProviderRegistry.load()`` reads entry points (honouring the allow/block variables);
     ``ProviderRegistry()`` starts empty, and ``add_plugin`` registers a module or object
@@ -104,9 +96,9 @@ class ProviderRegistry:
 
     def __init__(self) -> None:
         self._pm = pluggy.PluginManager(PROJECT)
-        self._pm.add_hookspecs(_Hookspecs)
-        self._providers: dict[str, ProviderInfo] = {}
-        self._creators: dict[str, KeyCreator] = {}
+        self._pm.add_hookspecs(PluginHooks)
+        self._registered = Registered()
+        self._broken: list[PluginError] = []
 
     @classmethod
     def load(
@@ -114,10 +106,13 @@ class ProviderRegistry:
         *,
         allow: Iterable[str] | None = None,
         block: Iterable[str] | None = None,
+        skip_broken: bool = False,
     ) -> ProviderRegistry:
         """A registry with every plugin from the ``kmsenvelope`` entry-point group.
 
         ``allow``/``block`` default to ``KMSENVELOPE_PLUGINS``/``KMSENVELOPE_BLOCK_PLUGINS``.
+        A plugin that fails to load raises ``PluginError``; with ``skip_broken`` it is left out
+        and its error kept in ``broken`` (the CLI reports it when a command needs providers).
         """
         allowed = set(allow) if allow is not None else _names_from_env(ALLOW_ENV)
         blocked = set(block) if block is not None else (_names_from_env(BLOCK_ENV) or set())
@@ -129,7 +124,12 @@ class ProviderRegistry:
             seen.add(ep.name)
             if ep.name in blocked or (allowed is not None and ep.name not in allowed):
                 continue
-            registry._load_entry_point(ep)
+            try:
+                registry._load_entry_point(ep)
+            except PluginError as exc:
+                if not skip_broken:
+                    raise
+                registry._broken.append(exc)
         return registry
 
     def _load_entry_point(self, ep: EntryPoint) -> None:
@@ -156,53 +156,32 @@ class ProviderRegistry:
         distribution: str = "(in code)",
         version: str = "",
     ) -> None:
-        """Register a plugin object or module and collect the providers it registers."""
+        """Register a plugin object or module and collect what it registers (all or nothing:
+        a plugin whose registration fails leaves the registry as it was)."""
         if self._pm.has_plugin(name):
             raise PluginError(f"a plugin named {name!r} is already registered")
         self._pm.register(plugin, name=name)
         others = [p for p in self._pm.get_plugins() if p is not plugin]
-        caller = self._pm.subset_hook_caller("kmsenvelope_register_providers", others)
-
-        def register(
-            scheme: str, factory: ProviderFactory, /, *, schema: SettingsSchema | None = None
-        ) -> None:
-            if not isinstance(scheme, str) or scheme_of(f"{scheme}:x") != scheme:
-                raise PluginError(f"plugin {name!r} registered an invalid scheme {scheme!r}")
-            if not callable(factory):
-                raise PluginError(f"plugin {name!r} registered a non-callable for {scheme!r}")
-            if schema is not None and (
-                not isinstance(schema, SettingsSchema) or schema.scheme != scheme
-            ):
-                raise PluginError(
-                    f"plugin {name!r} registered for {scheme!r} a schema that is not a "
-                    f"SettingsSchema for {scheme!r}"
-                )
-            existing = self._providers.get(scheme)
-            if existing is not None:
-                raise PluginError(
-                    f"scheme {scheme!r} is registered by both {existing.plugin!r} "
-                    f"({existing.distribution}) and {name!r} ({distribution}); "
-                    f"block one with {BLOCK_ENV}"
-                )
-            self._providers[scheme] = ProviderInfo(
-                scheme, name, distribution, version, factory, schema
-            )
-
-        def register_creator(scheme: str, creator: KeyCreator) -> None:
-            if scheme in self._creators or not callable(creator):
-                raise PluginError(f"plugin {name!r} registered a bad or duplicate key creator")
-            self._creators[scheme] = creator
-
-        creators = self._pm.subset_hook_caller("kmsenvelope_register_key_creators", others)
+        registration = PluginRegistration(self._registered, name, distribution, version)
+        hooks: list[tuple[str, object]] = [
+            ("kmsenvelope_register_providers", registration.provider),
+            ("kmsenvelope_register_key_creators", registration.key_creator),
+            ("kmsenvelope_register_commands", registration.command),
+            ("kmsenvelope_register_setting_options", registration.setting_option),
+            ("kmsenvelope_register_loggers", registration.loggers),
+        ]
         try:
-            caller(register=register)
-            creators(register=register_creator)
-        except PluginError:
-            raise
+            for hook, register in hooks:
+                self._pm.subset_hook_caller(hook, others)(register=register)
+            registration.check_complete()
         except Exception as exc:
+            self._pm.unregister(name=name)
+            if isinstance(exc, PluginError):
+                raise
             raise PluginError(
                 f"plugin {name!r} failed while registering providers: {type(exc).__name__}: {exc}"
             ) from exc
+        self._registered.add(registration.pending)
 
     def register(
         self,
@@ -219,17 +198,42 @@ class ProviderRegistry:
     @property
     def providers(self) -> Mapping[str, ProviderInfo]:
         """Registered providers by scheme."""
-        return dict(self._providers)
+        return dict(self._registered.providers)
 
     @property
     def schemas(self) -> Mapping[str, SettingsSchema]:
         """The settings schema of each registered provider that declares one, by scheme."""
-        return {s: i.schema for s, i in self._providers.items() if i.schema is not None}
+        return {s: i.schema for s, i in self._registered.providers.items() if i.schema is not None}
+
+    @property
+    def commands(self) -> tuple[CommandInfo, ...]:
+        """Plugin commands in registration order (each group before the commands under it)."""
+        return tuple(self._registered.commands.values())
+
+    @property
+    def setting_options(self) -> tuple[SettingOption, ...]:
+        """Global CLI options that set a provider setting, in registration order."""
+        return tuple(self._registered.options.values())
+
+    @property
+    def own_loggers(self) -> tuple[str, ...]:
+        """Plugins' own logger names: ``-v``/``-vv`` turn them on with ``kmsenvelope``'s."""
+        return tuple(self._registered.own_loggers)
+
+    @property
+    def silenced_loggers(self) -> tuple[str, ...]:
+        """SDK logger names plugins declared: never below WARNING in the CLI, whatever ``-v``."""
+        return tuple(self._registered.silenced_loggers)
+
+    @property
+    def broken(self) -> tuple[PluginError, ...]:
+        """The errors of plugins ``load(skip_broken=True)`` left out, in load order."""
+        return tuple(self._broken)
 
     def key_creator(self, scheme: str) -> KeyCreator:
         """The key creator a plugin registered for ``scheme``, or ``UnknownSchemeError``."""
         self.factory_for(scheme)  # unknown scheme: the usual error listing what is installed
-        creator = self._creators.get(scheme)
+        creator = self._registered.creators.get(scheme)
         if creator is None:
             raise UnknownSchemeError(
                 f"provider {scheme!r} cannot create keys from the command line; create the key "
@@ -239,9 +243,9 @@ class ProviderRegistry:
 
     def factory_for(self, scheme: str) -> ProviderFactory:
         """The factory for ``scheme``, or ``UnknownSchemeError`` listing what is installed."""
-        info = self._providers.get(scheme)
+        info = self._registered.providers.get(scheme)
         if info is None:
-            known = ", ".join(sorted(self._providers)) or "none"
+            known = ", ".join(sorted(self._registered.providers)) or "none"
             raise UnknownSchemeError(
                 f"no provider is installed for scheme {scheme!r} (installed: {known})"
             )
@@ -254,7 +258,7 @@ class ProviderRegistry:
         except ValueError as exc:
             raise UnknownSchemeError(str(exc)) from None
         factory = self.factory_for(scheme)
-        schema = self._providers[scheme].schema
+        schema = self._registered.providers[scheme].schema
         if schema is not None:
             schema.parse(settings)  # unknown or mistyped settings: ConfigError before the factory
         return factory(uri, settings)

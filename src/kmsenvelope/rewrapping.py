@@ -14,10 +14,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
-from .armor import ArmorWriter, open_envelope_stream, to_compact
 from .engine import Engine
 from .errors import AuthenticationError, ConfigError, ProviderError
-from .header import DEFAULT_LIMITS, Header, derive_keys, new_header, read_header
+from .format.compact import ArmorWriter, open_envelope_stream, to_compact
+from .format.header import DEFAULT_LIMITS, Header, new_header, read_header
+from .format.keyschedule import derive_keys
 from .kek import KeyEncryptionKey, RotatableKey, WrappedKey
 
 __all__ = ["RewrapPlan", "RewrapResult", "matches", "rewrap_header", "rewrap_stream"]

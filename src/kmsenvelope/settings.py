@@ -211,22 +211,13 @@ class Setting:
         return tuple(i.strip() for i in items if i.strip())
 
 
-class SettingsTable(Mapping[str, Any]):
-    """A read-only ``[providers.SCHEME]`` table that remembers where each value came from
-    (``"FILE:LINE"`` or ``"environment variable NAME"``), so errors can point there.
+class _TracedValues(Mapping[str, Any]):
+    """Read-only setting values that remember where each came from (``"FILE:LINE"`` or
+    ``"environment variable NAME"``), so errors can point there."""
 
-    ``Config.provider_settings`` returns one; provider factories receive it as ``settings``.
-    """
+    __slots__ = ("_origins", "_values")
 
-    __slots__ = ("_origins", "_values", "scheme")
-
-    def __init__(
-        self,
-        scheme: str,
-        values: Mapping[str, Any],
-        origins: Mapping[str, str] | None = None,
-    ) -> None:
-        self.scheme = scheme
+    def __init__(self, values: Mapping[str, Any], origins: Mapping[str, str] | None) -> None:
         self._values = dict(values)
         self._origins = {k: v for k, v in (origins or {}).items() if k in self._values}
 
@@ -242,6 +233,24 @@ class SettingsTable(Mapping[str, Any]):
     def origin(self, key: str) -> str | None:
         """Where ``key``'s value came from, if known."""
         return self._origins.get(key)
+
+
+class SettingsTable(_TracedValues):
+    """A read-only ``[providers.SCHEME]`` table that remembers where each value came from.
+
+    ``Config.provider_settings`` returns one; provider factories receive it as ``settings``.
+    """
+
+    __slots__ = ("scheme",)
+
+    def __init__(
+        self,
+        scheme: str,
+        values: Mapping[str, Any],
+        origins: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(values, origins)
+        self.scheme = scheme
 
     def __repr__(self) -> str:
         """Names only: values may be secrets."""
@@ -350,14 +359,14 @@ class SettingsSchema:
         return out
 
 
-class ParsedSettings(Mapping[str, Any]):
+class ParsedSettings(_TracedValues):
     """The validated values of a schema's settings (defaults filled in), read-only.
 
     ``given`` holds the names the table set; :meth:`error` builds a provider's own one-line
     error for a setting (a check across settings, say), naming where the value came from.
     """
 
-    __slots__ = ("_origins", "_values", "given", "schema")
+    __slots__ = ("given", "schema")
 
     def __init__(
         self,
@@ -366,23 +375,9 @@ class ParsedSettings(Mapping[str, Any]):
         given: frozenset[str],
         origins: Mapping[str, str],
     ) -> None:
+        super().__init__(values, origins)
         self.schema = schema
-        self._values = dict(values)
         self.given = given
-        self._origins = dict(origins)
-
-    def __getitem__(self, key: str) -> Any:
-        return self._values[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def origin(self, name: str) -> str | None:
-        """Where ``name``'s value came from, if known."""
-        return self._origins.get(name)
 
     def error(self, name: str, problem: str) -> ConfigError:
         """``ConfigError`` about setting ``name`` (see :meth:`SettingsSchema.error`)."""

@@ -1,4 +1,5 @@
-"""Which keys an envelope may make us contact: allowed-key patterns, named keys, attempt caps.
+"""Which keys an envelope may make us contact: allowed-key patterns, named keys, attempt caps,
+and the bounded cache of keys once opened.
 
 An envelope names the keys that wrapped it, and anyone can write an envelope. Decryption
 therefore opens a key through its provider only when the *user* vouched for it:
@@ -11,6 +12,11 @@ therefore opens a key through its provider only when the *user* vouched for it:
 - in both cases, the extra patterns of ``--allow`` / ``Engine(allow=…)``.
 
 Discovery (open whatever the envelope names) is the explicit opt-in ``SCHEME:*``.
+
+However many recipients an envelope lists, it may cause at most ``max_unwrap_attempts``
+provider unwrap calls (:class:`UnwrapAttempts`, which also records why each recipient failed),
+and the keys an engine opens are kept in a bounded LRU (:class:`LruCache`, ``KEK_CACHE_SIZE``),
+so that what envelopes name cannot grow memory without bound.
 """
 
 from __future__ import annotations
@@ -20,18 +26,25 @@ import shlex
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-from .config import DEFAULT_MAX_UNWRAP_ATTEMPTS, check_allowed_keys
+from .config import MAX_UNWRAP_ATTEMPTS_RANGE, Config, check_allowed_keys
+from .errors import ConfigError, KmsEnvelopeError, NoRecipientError, RecipientAttempt
 from .kek import KeyEncryptionKey, scheme_of
 
 __all__ = [
+    "KEK_CACHE_SIZE",
     "KeyRecognizer",
     "LruCache",
+    "RecipientFailures",
     "TrustPolicy",
+    "TrustSettings",
+    "UnwrapAttempts",
     "allow_hint",
     "names_version_of",
+    "scheme_or_none",
 ]
 
 ALWAYS_TRUSTED_SCHEMES = frozenset({"local"})
@@ -55,6 +68,7 @@ class KeyRecognizer(Protocol):
 _VERSION_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _HINTABLE = re.compile(r"[A-Za-z0-9._~:/@%+=;,-]+")  # no glob characters, no quotes or spaces
 MAX_LEARNED_NAMES = 256  # keys an engine encrypted to, remembered as named (oldest forgotten)
+KEK_CACHE_SIZE = 256  # opened KEKs kept per engine (LRU): bounded whatever envelopes name
 
 
 def names_version_of(named: str, key_id: str) -> bool:
@@ -95,6 +109,12 @@ class LruCache(Generic[_T]):
             if item is not None:
                 self._items.move_to_end(key)
             return item
+
+    def get_or_add(self, key: str, make: Callable[[], _T]) -> _T:
+        """The item stored for ``key``, else ``make()`` stored (called outside the lock: it may
+        be slow; if it raises, nothing is stored)."""
+        found = self.get(key)
+        return found if found is not None else self.setdefault(key, make())
 
     def setdefault(self, key: str, item: _T) -> _T:
         """Store ``item`` unless ``key`` is present; return what is stored; evict the oldest."""
@@ -160,12 +180,12 @@ class TrustPolicy:
             return True
         if not self.strict:
             return any(fnmatchcase(key_id, p) for p in self.allowed_keys or ())
-        scheme = _scheme(key_id)
+        scheme = scheme_or_none(key_id)
         if scheme is None:
             return False
         if scheme in ALWAYS_TRUSTED_SCHEMES:
             return True
-        same_scheme = [n for n in self.named if _scheme(n) == scheme]
+        same_scheme = [n for n in self.named if scheme_or_none(n) == scheme]
         if any(names_version_of(n, key_id) for n in same_scheme):
             return True
         for uri in same_scheme:
@@ -192,8 +212,120 @@ class TrustPolicy:
         )
 
 
-def _scheme(uri: str) -> str | None:
+def scheme_or_none(uri: str) -> str | None:
+    """The scheme of ``uri``, or None if it is not a key URI (an envelope may record anything)."""
     try:
         return scheme_of(uri)
     except ValueError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class TrustSettings:
+    """What the code making an ``Engine`` said about trust, checked at once; None (or empty)
+    leaves the decision to the configuration, read when the policy is first needed."""
+
+    allowed_keys: tuple[str, ...] | None = None
+    allow: tuple[str, ...] = ()
+    trusted_keys: tuple[str, ...] = ()
+    max_unwrap_attempts: int | None = None
+
+    @classmethod
+    def checked(
+        cls,
+        allowed_keys: Sequence[str] | None,
+        allow: Sequence[str],
+        trusted_keys: Sequence[str],
+        max_unwrap_attempts: int | None,
+    ) -> TrustSettings:
+        """Validate the ``Engine`` arguments (``TypeError`` for a wrong type, else
+        ``ConfigError``) and keep them."""
+        for name, value in (("allowed_keys", allowed_keys), ("allow", allow)):
+            if isinstance(value, str):
+                raise TypeError(f"{name} must be a list of key-URI patterns, not one string")
+        if isinstance(trusted_keys, str):
+            raise TypeError("trusted_keys must be a list of key URIs, not one string")
+        allowed = None if allowed_keys is None else check_allowed_keys(allowed_keys)
+        extra = check_allowed_keys(allow, source="allow") if allow else ()
+        trusted = tuple(trusted_keys)
+        for uri in trusted:
+            try:
+                scheme_of(uri)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        attempts = None if max_unwrap_attempts is None else _check_attempts(max_unwrap_attempts)
+        return cls(allowed, extra, trusted, attempts)
+
+    def policy(self, config: Config) -> TrustPolicy:
+        """The policy these settings make together with ``config``."""
+        return TrustPolicy(
+            self.allowed_keys if self.allowed_keys is not None else config.allowed_keys,
+            self.allow,
+            (*config.recipients, *self.trusted_keys),
+        )
+
+
+def _check_attempts(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("max_unwrap_attempts must be an integer")
+    low, high = MAX_UNWRAP_ATTEMPTS_RANGE
+    if not low <= value <= high:
+        raise ConfigError(f"max_unwrap_attempts must be {low}..{high}")
+    return value
+
+
+class RecipientFailures:
+    """Why one recipient could not unwrap: every reason in order, and the last error a
+    provider raised for it (None while no provider was called)."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        self.reasons: list[str] = []
+        self.error: KmsEnvelopeError | None = None
+
+    def skipped(self, reason: str) -> None:
+        """A key of this recipient was not called (not allowed, no provider, attempt cap)."""
+        self.reasons.append(reason)
+
+    def failed(self, error: KmsEnvelopeError) -> None:
+        """A provider call for this recipient raised ``error``."""
+        self.reasons.append(str(error))
+        self.error = error
+
+    def attempt(self) -> RecipientAttempt:
+        """The record for ``NoRecipientError`` (providers usually prefix their messages with
+        the key id: it is said once)."""
+        prefix = f"{self.key_id}: "
+        reason = "; ".join(r.removeprefix(prefix) for r in self.reasons)
+        return RecipientAttempt(self.key_id, reason, self.error)
+
+
+class UnwrapAttempts:
+    """The provider unwrap calls one envelope causes: at most ``limit``
+    (``max_unwrap_attempts``), and per recipient why it failed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._left = limit
+        self._recipients: list[RecipientFailures] = []
+
+    def recipient(self, key_id: str) -> RecipientFailures:
+        """Start recording the next recipient of the envelope."""
+        failures = RecipientFailures(key_id)
+        self._recipients.append(failures)
+        return failures
+
+    def spend(self, failures: RecipientFailures) -> bool:
+        """Take one call for this recipient; False (noted as its reason) once none is left."""
+        if self._left <= 0:
+            failures.skipped(
+                f"not tried: this envelope already caused {self.limit} unwrap attempts "
+                "(max_unwrap_attempts)"
+            )
+            return False
+        self._left -= 1
+        return True
+
+    def no_recipient(self) -> NoRecipientError:
+        """The error saying every recipient and why it failed."""
+        return NoRecipientError([r.attempt() for r in self._recipients])

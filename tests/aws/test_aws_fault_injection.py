@@ -13,12 +13,11 @@ import pytest
 from aws_testing import CONTEXT, OAEP_SHA256, FakeRsaKey
 
 import kmsenvelope
-from kmsenvelope import (
+from kmsenvelope import ConfigError, ProviderUnavailableError
+from kmsenvelope.errors import (
     AccessDeniedError,
-    ConfigError,
     KeyDestroyedError,
     KeyDisabledError,
-    ProviderUnavailableError,
     ThrottledError,
 )
 from kmsenvelope_aws import AwsKmsKey
@@ -137,7 +136,7 @@ def test_rsa_envelope_round_trip_over_http(fault_kms, rsa_3072, registry, proxie
         registry=registry, config=kmsenvelope.Config(providers={"aws-kms": proxied})
     )
     blobs = [engine.encrypt(b"rsa %d" % i, [fake.uri], CONTEXT) for i in range(3)]
-    (recipient,) = kmsenvelope.inspect(blobs[0]).recipients
+    (recipient,) = kmsenvelope.inspect_envelope(blobs[0]).recipients
     assert recipient.algorithm == "RSAES_OAEP_SHA_256"
     assert recipient.key_id == fake.uri
     # Three envelopes, one DescribeKey and one GetPublicKey, no Encrypt at all.

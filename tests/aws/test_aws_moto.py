@@ -13,17 +13,19 @@ from aws_testing import CONTEXT, OTHER_REGION, REGION, unique_alias, unknown_key
 
 import kmsenvelope
 from kmsenvelope import (
-    AccessDeniedError,
     AuthenticationError,
     ConfigError,
+    NoRecipientError,
+    ProviderUnavailableError,
+    WrappedKey,
+)
+from kmsenvelope.errors import (
+    AccessDeniedError,
     KeyDestroyedError,
     KeyDisabledError,
     KeyNotFoundError,
-    NoRecipientError,
-    ProviderUnavailableError,
     ThrottledError,
     UnwrapError,
-    WrappedKey,
 )
 from kmsenvelope_aws import AwsKmsKey, ClientCache
 
@@ -79,7 +81,7 @@ def test_engine_round_trip_by_alias_records_the_key_arn(make_key, engine, kms_ad
     first = make_key(alias=alias)
     blob = engine().encrypt(b"pay me", [f"aws-kms:{alias}"], CONTEXT)
 
-    info = kmsenvelope.inspect(blob)
+    info = kmsenvelope.inspect_envelope(blob)
     (recipient,) = info.recipients
     assert recipient.provider == "aws-kms"
     assert recipient.key_id == f"aws-kms:{first['Arn']}"
@@ -91,7 +93,7 @@ def test_engine_round_trip_by_alias_records_the_key_arn(make_key, engine, kms_ad
     kms_admin(REGION).update_alias(AliasName=alias, TargetKeyId=second["KeyId"])
     assert engine().decrypt(blob, CONTEXT) == b"pay me"
     newer = engine().encrypt(b"again", [f"aws-kms:{alias}"], CONTEXT)
-    assert kmsenvelope.inspect(newer).recipients[0].key_id == f"aws-kms:{second['Arn']}"
+    assert kmsenvelope.inspect_envelope(newer).recipients[0].key_id == f"aws-kms:{second['Arn']}"
 
 
 def test_round_trip_by_alias_arn(make_key, settings):
@@ -113,7 +115,7 @@ def test_engine_with_context_and_wrong_context(make_key, engine):
     with pytest.raises(AuthenticationError):
         engine().decrypt(blob, {"tenant": "t-2"})
     # A recipient handed to KMS with another context is refused by KMS itself.
-    (recipient,) = kmsenvelope.inspect(blob).recipients
+    (recipient,) = kmsenvelope.inspect_envelope(blob).recipients
     with pytest.raises(UnwrapError):
         engine().open_key(uri).unwrap(recipient, {"app": "billing", "tenant": "t-2"})
 
@@ -124,7 +126,7 @@ def test_two_kms_keys_in_two_regions_in_one_envelope(make_key, engine, settings)
     # Settings name us-east-1; the ARN's region wins for the eu-west-1 key.
     eng = engine(region=REGION)
     blob = eng.encrypt(b"two keys", [f"aws-kms:{east['Arn']}", f"aws-kms:{west['Arn']}"], CONTEXT)
-    recipients = kmsenvelope.inspect(blob).recipients
+    recipients = kmsenvelope.inspect_envelope(blob).recipients
     assert [r.key_id for r in recipients] == [f"aws-kms:{east['Arn']}", f"aws-kms:{west['Arn']}"]
     assert eng.open_key(f"aws-kms:{west['Arn']}").region == OTHER_REGION
     assert engine().decrypt(blob, CONTEXT) == b"two keys"
@@ -174,7 +176,7 @@ def test_config_file_table(make_key, registry, moto_url, tmp_path):
     config = kmsenvelope.load_config(path, env={})
     eng = kmsenvelope.Engine(registry=registry, config=config)
     blob = eng.encrypt(b"configured", None, CONTEXT)
-    assert kmsenvelope.inspect(blob).recipients[0].key_id == f"aws-kms:{meta['Arn']}"
+    assert kmsenvelope.inspect_envelope(blob).recipients[0].key_id == f"aws-kms:{meta['Arn']}"
     assert eng.decrypt(blob, CONTEXT) == b"configured"
 
 

@@ -27,7 +27,7 @@ def test_alias_in_recipients_opens_what_it_wrapped(
     meta = make_key(alias=alias)
     uri = f"aws-kms:{alias}"
     blob = _engine(registry, fault_kms.url).encrypt(b"aliased", [uri], {"app": "t"})
-    recorded = kmsenvelope.inspect(blob).recipients[0].key_id
+    recorded = kmsenvelope.inspect_envelope(blob).recipients[0].key_id
     assert recorded == f"aws-kms:{meta['Arn']}"  # the alias is recorded as its key ARN
     reader = _engine(registry, fault_kms.url, recipients=(uri,))
     assert reader.decrypt(blob) == b"aliased"

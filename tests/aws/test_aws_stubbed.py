@@ -17,16 +17,18 @@ from botocore.stub import Stubber
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kmsenvelope import (
-    AccessDeniedError,
     Config,
     ConfigError,
     Engine,
-    KeyDestroyedError,
-    KeyDisabledError,
-    KeyNotFoundError,
     ProviderError,
     ProviderRegistry,
     ProviderUnavailableError,
+)
+from kmsenvelope.errors import (
+    AccessDeniedError,
+    KeyDestroyedError,
+    KeyDisabledError,
+    KeyNotFoundError,
     ThrottledError,
     UnwrapError,
 )

@@ -11,13 +11,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 import kmsenvelope_aws
 import kmsenvelope_aws.plugin
-from kmsenvelope import (
-    ConfigError,
-    KeyEncryptionKey,
-    ProviderRegistry,
-    ProviderUnavailableError,
-    ThrottledError,
-)
+from kmsenvelope import ConfigError, KeyEncryptionKey, ProviderRegistry, ProviderUnavailableError
+from kmsenvelope.errors import ThrottledError
 from kmsenvelope_aws import AwsKmsKey, ClientCache, ClientSpec, KeyRefKind, parse_key_uri
 from kmsenvelope_aws.retry import RetryPolicy, call_with_retries
 from kmsenvelope_aws.settings import ProviderSettings

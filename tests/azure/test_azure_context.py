@@ -19,7 +19,8 @@ from azure.keyvault.keys import KeyClient, KeyVaultKey
 from azure_hsm_roles import CRYPTO_USER, role_engine, role_settings
 from azure_kv_cloud import Cloud, unique, uri_of
 
-from kmsenvelope import AuthenticationError, DecryptionError, NoRecipientError, UnwrapError
+from kmsenvelope import AuthenticationError, DecryptionError, NoRecipientError
+from kmsenvelope.errors import UnwrapError
 from kmsenvelope_azure.algorithms import context_aad
 from kmsenvelope_azure.provider import AzureKeyVaultProvider
 

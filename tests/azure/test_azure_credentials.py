@@ -12,7 +12,8 @@ from azure_kv_emulator import Client, make_client_certificate
 
 import kmsenvelope
 import kmsenvelope_azure.plugin
-from kmsenvelope import AccessDeniedError, ProviderRegistry, load_config
+from kmsenvelope import ProviderRegistry, load_config
+from kmsenvelope.errors import AccessDeniedError
 from kmsenvelope_azure.provider import AzureKeyVaultProvider
 
 CRYPTO_USER = {"get", "wrapKey", "unwrapKey", "encrypt", "decrypt"}

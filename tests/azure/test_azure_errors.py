@@ -11,13 +11,8 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from kmsenvelope import (
-    AccessDeniedError,
-    KeyNotFoundError,
-    KmsEnvelopeError,
-    ProviderError,
-    ProviderUnavailableError,
-)
+from kmsenvelope import KmsEnvelopeError, ProviderError, ProviderUnavailableError
+from kmsenvelope.errors import AccessDeniedError, KeyNotFoundError
 from kmsenvelope_azure.errors import map_azure_error
 from kmsenvelope_azure.uri import parse_key_uri
 

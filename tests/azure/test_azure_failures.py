@@ -14,16 +14,18 @@ from azure_kv_cloud import NO_GET, NO_UNWRAP, NO_WRAP, Cloud, MakeEngine, unique
 from azure_kv_emulator import closed_port
 
 from kmsenvelope import (
-    AccessDeniedError,
     ConfigError,
-    KeyDisabledError,
-    KeyNotFoundError,
     NoRecipientError,
     ProviderError,
     ProviderUnavailableError,
+    WrappedKey,
+)
+from kmsenvelope.errors import (
+    AccessDeniedError,
+    KeyDisabledError,
+    KeyNotFoundError,
     ThrottledError,
     UnwrapError,
-    WrappedKey,
 )
 from kmsenvelope_azure.provider import AzureKeyVaultProvider
 

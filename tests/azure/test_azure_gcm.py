@@ -19,7 +19,8 @@ from azure_hsm_roles import (
 from azure_kv_cloud import ADMIN, SECRETS, TENANT, Cloud, unique, uri_of
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kmsenvelope import AccessDeniedError, ProviderError, UnwrapError, WrappedKey
+from kmsenvelope import ProviderError, WrappedKey
+from kmsenvelope.errors import AccessDeniedError, UnwrapError
 from kmsenvelope_azure.algorithms import context_aad
 from kmsenvelope_azure.provider import AzureKeyVaultProvider
 from kmsenvelope_azure.settings import parse_settings

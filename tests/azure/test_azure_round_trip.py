@@ -21,9 +21,9 @@ from kmsenvelope import (
     DecryptionError,
     NoRecipientError,
     ProviderRegistry,
-    UnwrapError,
     WrappedKey,
 )
+from kmsenvelope.errors import UnwrapError
 from kmsenvelope.memory import InMemoryKEK
 from kmsenvelope_azure.provider import AzureKeyVaultProvider
 

@@ -115,7 +115,7 @@ def test_rotation_does_not_contact_keys_outside_the_list(keystore: Keystore) -> 
     engine = Engine(config=load_config(), allowed_keys=["local:inside*"])
     new, result = rewrap_bytes(engine, blob, RewrapPlan(rotate=True))
     assert result.rotated == ("local:inside/1 -> local:inside/2",)
-    ids = [r.key_id for r in kmsenvelope.inspect(new).recipients]
+    ids = [r.key_id for r in kmsenvelope.inspect_envelope(new).recipients]
     assert ids == ["local:inside/2", "local:outside/1"]
     assert engine.decrypt(new) == b"rotate me"
 

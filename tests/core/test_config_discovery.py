@@ -49,7 +49,7 @@ def test_hostile_working_directory_does_not_choose_the_recipients(
     (hostile / "kmsenvelope.toml").write_text(HOSTILE)
     out = _cli(["encrypt"], hostile, b"secret data")
     assert out.returncode == 0, out.stderr
-    recipients = [r.key_id for r in kmsenvelope.inspect(out.stdout).recipients]
+    recipients = [r.key_id for r in kmsenvelope.inspect_envelope(out.stdout).recipients]
     assert recipients == ["local:mine/1"]
 
 

@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
-from kmsenvelope import KeyEncryptionKey, KeyNotFoundError
+from kmsenvelope import KeyEncryptionKey
 from kmsenvelope.conformance import ProviderConformance
+from kmsenvelope.errors import KeyNotFoundError
 from kmsenvelope.memory import InMemoryKEK
 
 Reopen = Callable[[str], KeyEncryptionKey]

@@ -15,7 +15,7 @@ def test_two_local_keys_either_decrypts(keystore: Keystore, keystore_dir: object
     keystore.create_key("alpha")
     keystore.create_key("beta", "rsa3072")
     blob = kmsenvelope.encrypt(b"shared secret", ["local:alpha", "local:beta"], {"app": "x"})
-    ids = [r.key_id for r in kmsenvelope.inspect(blob).recipients]
+    ids = [r.key_id for r in kmsenvelope.inspect_envelope(blob).recipients]
     assert ids == ["local:alpha/1", "local:beta/1"]
     settings = {"keystore": str(keystore_dir)}
     for uri in ("local:alpha", "local:beta"):

@@ -17,14 +17,13 @@ import kmsenvelope
 from kmsenvelope import (
     Engine,
     NoRecipientError,
-    PluginError,
     ProviderError,
     ProviderRegistry,
-    UnknownSchemeError,
     WrappedKey,
     hookimpl,
 )
 from kmsenvelope.config import Config
+from kmsenvelope.errors import PluginError, UnknownSchemeError
 from kmsenvelope.memory import InMemoryKEK
 
 try:

@@ -91,7 +91,7 @@ def test_module_functions_use_local_keystore(keystore: object) -> None:
     assert isinstance(keystore, kmsenvelope.local.Keystore)
     keystore.create_key("api")
     blob = kmsenvelope.encrypt(b"data", ["local:api"], {"a": "b"})
-    assert kmsenvelope.inspect(blob).recipients[0].key_id == "local:api/1"
+    assert kmsenvelope.inspect_envelope(blob).recipients[0].key_id == "local:api/1"
     assert kmsenvelope.decrypt(blob, {"a": "b"}) == b"data"
     src, dst, back = io.BytesIO(b"x" * 5000), io.BytesIO(), io.BytesIO()
     kmsenvelope.encrypt_stream(src, dst, ["local:api"])
@@ -103,7 +103,7 @@ def test_default_recipients_from_config(keystore: object, monkeypatch: pytest.Mo
     keystore.create_key("dflt")  # type: ignore[attr-defined]
     monkeypatch.setenv("KMSENVELOPE_RECIPIENTS", "local:dflt")
     blob = kmsenvelope.encrypt(b"data")
-    assert kmsenvelope.inspect(blob).recipients[0].key_id == "local:dflt/1"
+    assert kmsenvelope.inspect_envelope(blob).recipients[0].key_id == "local:dflt/1"
 
 
 def test_no_recipients_is_a_config_error() -> None:

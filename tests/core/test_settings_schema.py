@@ -194,7 +194,7 @@ def test_schema_declarations_are_checked() -> None:
     with pytest.raises(ValueError, match="must match"):
         Setting("Bad-Name")
     registry = ProviderRegistry()
-    from kmsenvelope import PluginError
+    from kmsenvelope.errors import PluginError
 
     with pytest.raises(PluginError, match="schema"):
         registry.register("other", VaultKEK, schema=SCHEMA)  # the schema is for 'vault'

@@ -26,7 +26,7 @@ PROVIDERS = textwrap.dedent(
 
     from kmsenvelope import AuthenticationError, KeyNotFoundError, UnwrapError, WrappedKey
     from kmsenvelope.conformance import ProviderConformance
-    from kmsenvelope.header import encode_context
+    from kmsenvelope.format.header import encode_context
 
     KEYS = {"test:a": os.urandom(32), "test:b": os.urandom(32)}
 

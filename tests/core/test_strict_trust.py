@@ -127,7 +127,7 @@ def test_allow_patterns_add_to_either_mode(registry: ProviderRegistry) -> None:
 def test_a_named_alias_vouches_for_the_key_it_resolves_to(registry: ProviderRegistry) -> None:
     Service.aliases["svc:alias/prod"] = "svc:key/1234"
     blob = _sealed(registry, ["svc:alias/prod"])  # recorded as svc:key/1234
-    assert kmsenvelope.inspect(blob).recipients[0].key_id == "svc:key/1234"
+    assert kmsenvelope.inspect_envelope(blob).recipients[0].key_id == "svc:key/1234"
     Service.aliases["svc:alias/prod"] = "svc:key/1234"
     engine = Engine(registry=registry, config=Config(recipients=("svc:alias/prod",)))
     assert engine.decrypt(blob) == b"secret"
@@ -195,7 +195,7 @@ def test_a_failed_open_is_never_cached() -> None:
 
 def test_a_repeated_recipient_is_wrapped_once(registry: ProviderRegistry) -> None:
     blob = Engine(registry=registry, config=Config()).encrypt(b"x", ["svc:a", "svc:a"])
-    assert [r.key_id for r in kmsenvelope.inspect(blob).recipients] == ["svc:a"]
+    assert [r.key_id for r in kmsenvelope.inspect_envelope(blob).recipients] == ["svc:a"]
 
 
 # -- the compact form, streamed ------------------------------------------------------------------
@@ -298,7 +298,10 @@ def test_two_names_of_one_key_version_make_one_stanza(registry: ProviderRegistry
     Service.aliases["svc:alias/a"] = "svc:key/1"
     engine = Engine(registry=registry, config=Config())
     blob = engine.encrypt(b"x", ["svc:alias/a", "svc:key/1", "svc:other"])
-    assert [r.key_id for r in kmsenvelope.inspect(blob).recipients] == ["svc:key/1", "svc:other"]
+    assert [r.key_id for r in kmsenvelope.inspect_envelope(blob).recipients] == [
+        "svc:key/1",
+        "svc:other",
+    ]
 
 
 def test_a_misspelt_provider_setting_is_a_config_error_not_a_recipient_reason(

@@ -463,7 +463,7 @@ def test_reference_reader_rejects_negative_vectors(vec: dict[str, Any]) -> None:
 @pytest.mark.parametrize("vec", POSITIVE[:3], ids=_ids(POSITIVE[:3]))
 def test_compact_whitespace_is_ignored(vec: dict[str, Any]) -> None:
     """Section 8: whitespace before the prefix and anywhere in the base64 text is ignored."""
-    from kmsenvelope.armor import from_compact
+    from kmsenvelope.format.compact import from_compact
 
     text = vec["compact"]
     wrapped = " \n" + "\r\n".join(text[i : i + 20] for i in range(0, len(text), 20)) + "\t\n"
@@ -500,7 +500,7 @@ def test_library_seal_reproduces_positive_vectors(vec: dict[str, Any]) -> None:
 @pytest.mark.parametrize("vec", POSITIVE, ids=_ids(POSITIVE))
 def test_library_opens_positive_vectors(vec: dict[str, Any]) -> None:
     from kmsenvelope import hazmat
-    from kmsenvelope.armor import from_compact, to_compact
+    from kmsenvelope.format.compact import from_compact, to_compact
 
     envelope = bytes.fromhex(vec["envelope"])
     assert hazmat.open_with_dek(envelope, bytes.fromhex(vec["dek"])) == bytes.fromhex(
@@ -587,7 +587,7 @@ def test_library_local_wrap_aad_matches_spec() -> None:
 @pytest.mark.parametrize("vec", [_library_marks(v) for v in NEGATIVE])
 def test_library_rejects_negative_vectors(vec: dict[str, Any]) -> None:
     from kmsenvelope import AuthenticationError, MalformedEnvelopeError, hazmat
-    from kmsenvelope.armor import from_compact
+    from kmsenvelope.format.compact import from_compact
 
     def open_form(is_compact: bool, text: str) -> bytes:
         envelope = from_compact(text) if is_compact else bytes.fromhex(text)

@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 
 from kmsenvelope import Config, Engine, ProviderRegistry, hazmat
-from kmsenvelope.armor import from_compact
 from kmsenvelope.engine import inspect_envelope
-from kmsenvelope.header import COMPACT_PREFIX
+from kmsenvelope.format.compact import COMPACT_PREFIX, from_compact
 
 PASSPHRASE = "integration keystore passphrase"
 REGION = "us-east-1"

@@ -131,11 +131,11 @@ def test_rotate_local_and_azure_then_destroy_old_local_version(
             assert opened.returncode == 0, (path, broken, opened.stderr)
             assert opened.stdout == original.plaintext
 
-    # -- not re-wrapped, only the destroyed version: exit 4, naming 'destroyed' ------------------
+    # -- not re-wrapped, only the destroyed version: exit 10, naming 'destroyed' -----------------
     for path, original in left_behind.items():
         context = [f"--context={k}={v}" for k, v in original.context.items()]
         failed = world.cli("decrypt", "-i", path, *context)
-        assert failed.returncode == 4, failed.stderr
+        assert failed.returncode == 10, failed.stderr
         message = failed.stderr.decode()
         assert "destroyed" in message
         assert "local:rot/1" in message

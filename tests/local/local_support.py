@@ -1,7 +1,7 @@
 """Helpers for the local software HSM tests (not collected: the name has no ``test_`` prefix).
 
 ``StoreOracle`` reads a keystore directory *independently of kmsenvelope's code*, from the
-at-rest format described in ``kmsenvelope/local/keystore.py`` (Argon2id -> HKDF-SHA256 ->
+at-rest format described in ``kmsenvelope/local/keyfiles.py`` (Argon2id -> HKDF-SHA256 ->
 AES-256-GCM sealed material, HMAC-SHA256 over the canonical key file). The tests use it as an
 oracle: to learn the raw key material that must never appear on disk, and to re-sign a key
 file after a deliberate edit so that checks deeper than the file MAC can be reached.

@@ -13,14 +13,13 @@ import pytest
 from local_support import PASSPHRASE, StoreOracle, assert_cli_error, audit_entries, ops, run_cli
 
 import kmsenvelope
-from kmsenvelope import (
+from kmsenvelope import NoRecipientError, WrappedKey
+from kmsenvelope.errors import (
     AuditLogError,
     KeyDestroyedError,
     KeyDisabledError,
     KeyNotFoundError,
-    NoRecipientError,
     UnwrapError,
-    WrappedKey,
 )
 from kmsenvelope.local import Keystore
 from kmsenvelope.local.provider import LocalKEK, factory

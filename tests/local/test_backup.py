@@ -25,11 +25,8 @@ from local_support import (
 )
 
 import kmsenvelope
-from kmsenvelope import (
-    KeystoreError,
-    NoRecipientError,
-    WrongPassphraseError,
-)
+from kmsenvelope import NoRecipientError
+from kmsenvelope.errors import KeystoreError, WrongPassphraseError
 from kmsenvelope.local import Keystore
 
 BACKUP_PASSPHRASE = "backup passphrase, kept offline"

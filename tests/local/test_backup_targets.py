@@ -20,7 +20,7 @@ from local_support import assert_cli_error, mode, run_cli
 
 from kmsenvelope import ConfigError
 from kmsenvelope.local import Keystore
-from kmsenvelope.local.keystore import read_backup
+from kmsenvelope.local.backup import read_backup
 
 BACKUP_PASSPHRASE = "backup passphrase, kept offline"
 ENV = {"KMSENVELOPE_BACKUP_PASSPHRASE": BACKUP_PASSPHRASE}

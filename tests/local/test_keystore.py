@@ -22,15 +22,13 @@ from local_support import (
 )
 
 import kmsenvelope
-from kmsenvelope import (
-    ConfigError,
+from kmsenvelope import ConfigError, NoRecipientError, WrappedKey
+from kmsenvelope.errors import (
     KeyDestroyedError,
     KeyDisabledError,
     KeyNotFoundError,
     KeystoreCorruptError,
     KeystoreError,
-    NoRecipientError,
-    WrappedKey,
     WrongPassphraseError,
 )
 from kmsenvelope.local import Keystore
@@ -436,7 +434,7 @@ def test_rotate_then_destroy(key_type: str, keystore: Keystore, keystore_dir: Pa
     w1 = kek(keystore_dir, "local:rot").wrap(dek1, CTX)
     blob1 = kmsenvelope.encrypt(b"version one", ["local:rot"], CTX)
     assert w1.key_id == "local:rot/1"
-    assert [r.key_id for r in kmsenvelope.inspect(blob1).recipients] == ["local:rot/1"]
+    assert [r.key_id for r in kmsenvelope.inspect_envelope(blob1).recipients] == ["local:rot/1"]
 
     info = keystore.rotate("rot")
     assert info.current == 2
@@ -445,14 +443,14 @@ def test_rotate_then_destroy(key_type: str, keystore: Keystore, keystore_dir: Pa
     w2 = kek(keystore_dir, "local:rot").wrap(dek2, CTX)
     blob2 = fresh_engine().encrypt(b"version two", ["local:rot"], CTX)
     assert w2.key_id == "local:rot/2"
-    assert [r.key_id for r in kmsenvelope.inspect(blob2).recipients] == ["local:rot/2"]
+    assert [r.key_id for r in kmsenvelope.inspect_envelope(blob2).recipients] == ["local:rot/2"]
     # old and new envelopes both decrypt; each version unwraps only its own wrapped keys
     assert fresh_engine().decrypt(blob1, CTX) == b"version one"
     assert fresh_engine().decrypt(blob2, CTX) == b"version two"
     assert kek(keystore_dir, "local:rot").unwrap(w1, CTX) == dek1
     assert kek(keystore_dir, "local:rot").unwrap(w2, CTX) == dek2
     forged = WrappedKey(w1.provider, "local:rot/2", w1.algorithm, w1.ciphertext)
-    with pytest.raises(kmsenvelope.UnwrapError):
+    with pytest.raises(kmsenvelope.errors.UnwrapError):
         kek(keystore_dir, "local:rot").unwrap(forged, CTX)
 
     # destroying the current version is refused, and changes nothing
@@ -613,7 +611,7 @@ def test_versioned_uri_wraps_with_that_version(keystore: Keystore, keystore_dir:
         assert w.provider == "local"
         assert kek(keystore_dir, "local:pinned").unwrap(w, CTX) == dek
         blob = kmsenvelope.encrypt(b"pinned", [f"local:pinned/{version}"], CTX)
-        assert [r.key_id for r in kmsenvelope.inspect(blob).recipients] == [
+        assert [r.key_id for r in kmsenvelope.inspect_envelope(blob).recipients] == [
             f"local:pinned/{version}"
         ]
         assert fresh_engine().decrypt(blob, CTX) == b"pinned"
@@ -656,7 +654,7 @@ def test_crafted_kdf_parameters_are_refused_before_deriving(keystore_dir: Path) 
     doc = json.loads(meta.read_text())
     doc["kdf"]["memory_kib"] = 64 * 1024 * 1024
     meta.write_text(json.dumps(doc))
-    from kmsenvelope.local.keystore import _KEY_CACHE
+    from kmsenvelope.local.unlock import _KEY_CACHE
 
     _KEY_CACHE.clear()
     with pytest.raises(KeystoreCorruptError, match="exceed the limits"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from local_support import PASSPHRASE, assert_cli_error, run_cli
 
-from kmsenvelope import KeystoreError
+from kmsenvelope.errors import KeystoreError
 from kmsenvelope.local import Keystore
 
 CTX = {"app": "nofollow"}

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from local_support import FAST_KDF, PASSPHRASE, assert_cli_error, run_cli, snapshot
 
 import kmsenvelope
-from kmsenvelope import KeystoreError
+from kmsenvelope.errors import KeystoreError
 from kmsenvelope.local import Keystore
 
 BACKUP_PASSPHRASE = "backup passphrase for tests"

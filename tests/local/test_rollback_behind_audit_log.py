@@ -21,7 +21,8 @@ import pytest
 from local_support import PASSPHRASE, StoreOracle, assert_cli_error, run_cli
 
 import kmsenvelope
-from kmsenvelope import KeystoreCorruptError, KmsEnvelopeError
+from kmsenvelope import KmsEnvelopeError
+from kmsenvelope.errors import KeystoreCorruptError
 from kmsenvelope.hazmat import parse_header
 from kmsenvelope.local import Keystore
 from kmsenvelope.local.audit import AuditLog

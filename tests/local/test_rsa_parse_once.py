@@ -17,7 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 import kmsenvelope
-from kmsenvelope import KeyDestroyedError, KeyDisabledError, NoRecipientError
+from kmsenvelope import NoRecipientError
+from kmsenvelope.errors import KeyDestroyedError, KeyDisabledError
 from kmsenvelope.local import Keystore
 from kmsenvelope.local.provider import factory
 

@@ -74,7 +74,9 @@ def test_sigkill_at_random_points_then_resume(keystore: Keystore, tmp_path: Path
     # Every envelope: original plaintext, exactly the new recipient, payload intact.
     for path, data in originals.items():
         env = path.read_bytes()
-        assert [r.key_id for r in kmsenvelope.inspect(env).recipients] == ["local:new/1"], path
+        assert [r.key_id for r in kmsenvelope.inspect_envelope(env).recipients] == [
+            "local:new/1"
+        ], path
         assert kmsenvelope.decrypt(env) == data, path
     # Nothing half-written or left behind.
     leftovers = [p for p in tree.rglob("*") if p.is_file() and p not in originals]

@@ -14,7 +14,7 @@ from kmsenvelope.local import Keystore
 
 
 def ids(path: Path) -> list[str]:
-    return [r.key_id for r in kmsenvelope.inspect(path.read_bytes()).recipients]
+    return [r.key_id for r in kmsenvelope.inspect_envelope(path.read_bytes()).recipients]
 
 
 @pytest.fixture

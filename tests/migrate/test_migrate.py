@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import kmsenvelope
-from kmsenvelope import Engine, ProviderRegistry, ThrottledError, WrappedKey
+from kmsenvelope import Engine, ProviderRegistry, WrappedKey
 from kmsenvelope.config import Config
-from kmsenvelope.errors import ConfigError, ProviderUnavailableError
+from kmsenvelope.errors import ConfigError, ProviderUnavailableError, ThrottledError
 from kmsenvelope.local import Keystore
 from kmsenvelope.memory import InMemoryKEK
 from kmsenvelope.migrate import (
@@ -31,7 +31,7 @@ from kmsenvelope.migrate import (
 
 
 def ids(envelope: bytes) -> list[str]:
-    return [r.key_id for r in kmsenvelope.inspect(envelope).recipients]
+    return [r.key_id for r in kmsenvelope.inspect_envelope(envelope).recipients]
 
 
 @pytest.fixture

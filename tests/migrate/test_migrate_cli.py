@@ -25,7 +25,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def ids(path: Path) -> list[str]:
-    return [r.key_id for r in kmsenvelope.inspect(path.read_bytes()).recipients]
+    return [r.key_id for r in kmsenvelope.inspect_envelope(path.read_bytes()).recipients]
 
 
 @pytest.fixture

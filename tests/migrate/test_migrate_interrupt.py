@@ -28,7 +28,7 @@ COUNT = 40
 
 
 def ids(data: bytes) -> list[str]:
-    return [r.key_id for r in kmsenvelope.inspect(data).recipients]
+    return [r.key_id for r in kmsenvelope.inspect_envelope(data).recipients]
 
 
 @pytest.fixture

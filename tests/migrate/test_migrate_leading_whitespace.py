@@ -25,7 +25,7 @@ LEADS = {
 
 
 def ids(data: bytes) -> list[str]:
-    return [r.key_id for r in kmsenvelope.inspect(data).recipients]
+    return [r.key_id for r in kmsenvelope.inspect_envelope(data).recipients]
 
 
 @pytest.fixture

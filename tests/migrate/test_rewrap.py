@@ -18,8 +18,8 @@ from kmsenvelope import (
     WrappedKey,
     hazmat,
 )
-from kmsenvelope.armor import from_compact
 from kmsenvelope.config import Config
+from kmsenvelope.format.compact import from_compact
 from kmsenvelope.local import Keystore
 from kmsenvelope.memory import InMemoryKEK
 
@@ -31,7 +31,7 @@ def payload_of(envelope: bytes) -> bytes:
 
 
 def key_ids(envelope: bytes) -> list[str]:
-    return [r.key_id for r in kmsenvelope.inspect(envelope).recipients]
+    return [r.key_id for r in kmsenvelope.inspect_envelope(envelope).recipients]
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_rotate_moves_to_the_current_version_then_old_version_can_go(keys: Keyst
 def test_context_is_kept_and_bound(keys: Keystore) -> None:
     env = kmsenvelope.encrypt(b"x", ["local:a"], {"tenant": "7"})
     out = kmsenvelope.rewrap(env, add=["local:b"], remove=["local:a"])
-    assert dict(kmsenvelope.inspect(out).context) == {"tenant": "7"}
+    assert dict(kmsenvelope.inspect_envelope(out).context) == {"tenant": "7"}
     with pytest.raises(kmsenvelope.AuthenticationError):
         kmsenvelope.decrypt(out, {"tenant": "8"})
 

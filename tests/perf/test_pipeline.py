@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kmsenvelope import AuthenticationError, stream
-from kmsenvelope.stream import TAG_SIZE, chunk_nonce, decrypt_payload, encrypt_payload
+from kmsenvelope import AuthenticationError, pipeline
+from kmsenvelope.format.chunks import TAG_SIZE, chunk_nonce
+from kmsenvelope.pipeline import decrypt_payload, encrypt_payload
 
 KEY = bytes(range(32))
 
@@ -77,7 +78,7 @@ def workers(request: pytest.FixtureRequest) -> int:
 @pytest.fixture(autouse=True)
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of 64 KiB so that small inputs cross many batch boundaries."""
-    monkeypatch.setattr(stream, "BATCH_BYTES", 64 << 10)
+    monkeypatch.setattr(pipeline, "BATCH_BYTES", 64 << 10)
 
 
 SIZES = [0, 1, 15, 16, 1000, 65535, 65536, 65537, 3 * 65536, 3 * 65536 + 5, 1 << 20, 1234567]
@@ -139,7 +140,7 @@ def test_tampering_writes_only_authenticated_batches(where: str, workers: int) -
 def test_batches_before_a_tampered_one_are_all_written(workers: int) -> None:
     """Whatever the threading, the output ends exactly at the last whole good batch."""
     chunk = 4096
-    per_batch = stream.BATCH_BYTES // chunk
+    per_batch = pipeline.BATCH_BYTES // chunk
     data = os.urandom(5 * per_batch * chunk)
     sealed = bytearray(serial_reference(data, chunk))
     bad = 3 * per_batch + 2  # a chunk inside the fourth batch
@@ -173,7 +174,7 @@ def test_file_writes_end_on_page_boundaries(tmp_path: Path, workers: int) -> Non
             encrypt_payload(source, out, KEY, 4096, workers=workers)
         assert path.read_bytes() == b"h" * 150 + serial_reference(data, 4096)
         assert len(out.ends) > 10
-        assert all(end % stream.ALIGN == 0 for end in out.ends[1:-1]), out.ends
+        assert all(end % pipeline.ALIGN == 0 for end in out.ends[1:-1]), out.ends
 
 
 def test_negative_workers_rejected() -> None:
@@ -190,8 +191,8 @@ def test_tampering_stops_reading_soon(workers: int) -> None:
     source = Trickle(bytes(sealed))
     with pytest.raises(AuthenticationError):
         decrypt_payload(source, Recorder(), KEY, chunk, workers=workers)
-    batch = stream.BATCH_BYTES // chunk * (chunk + TAG_SIZE)
-    assert source.pos <= (stream.SLOTS + 2) * batch < len(sealed) // 3
+    batch = pipeline.BATCH_BYTES // chunk * (chunk + TAG_SIZE)
+    assert source.pos <= (pipeline.SLOTS + 2) * batch < len(sealed) // 3
 
 
 @pytest.mark.parametrize(
@@ -287,9 +288,9 @@ def test_small_streams_start_no_thread() -> None:
 def test_buffer_pool_is_bounded_and_releasable() -> None:
     for _ in range(3):
         encrypt_payload(Trickle(os.urandom(1 << 20)), io.BytesIO(), KEY, 4096, workers=2)
-    assert stream.BUFFERS._held <= stream.BUFFERS.limit
-    stream.release_buffers()
-    assert stream.BUFFERS._held == 0
+    assert pipeline.BUFFERS._held <= pipeline.BUFFERS.limit
+    pipeline.release_buffers()
+    assert pipeline.BUFFERS._held == 0
 
 
 def test_pooled_buffers_are_wiped_after_every_stream(tmp_path) -> None:
@@ -303,6 +304,6 @@ def test_pooled_buffers_are_wiped_after_every_stream(tmp_path) -> None:
         encrypt_payload(src, dst, key, 1 << 20)
     with envelope.open("rb") as src:  # decrypt: plaintext in pooled outbufs
         decrypt_payload(src, io.BytesIO(), key, 1 << 20)
-    pooled = [bytes(b) for bufs in stream.BUFFERS._free.values() for b in bufs]
+    pooled = [bytes(b) for bufs in pipeline.BUFFERS._free.values() for b in bufs]
     assert pooled, "the pool should hold buffers for the next stream"
     assert not any(b"PLAINTEXT-MARKER" in b for b in pooled)

@@ -16,7 +16,7 @@ from pkcs11.exceptions import PKCS11Error
 from pkcs11.mechanisms import GCMParams
 
 from kmsenvelope import Config, Engine, ProviderError, ProviderRegistry
-from kmsenvelope.header import encode_context
+from kmsenvelope.format.header import encode_context
 from kmsenvelope_pkcs11 import close_all, open_key, plugin
 
 CONTEXT = {"app": "billing", "record": "42"}

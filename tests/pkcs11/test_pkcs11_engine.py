@@ -7,14 +7,8 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from kmsenvelope import (
-    AccessDeniedError,
-    Config,
-    Engine,
-    NoRecipientError,
-    ProviderRegistry,
-    UnknownSchemeError,
-)
+from kmsenvelope import Config, Engine, NoRecipientError, ProviderRegistry
+from kmsenvelope.errors import AccessDeniedError, UnknownSchemeError
 from kmsenvelope.memory import InMemoryKEK
 from kmsenvelope_pkcs11 import close_all, create_key, plugin
 

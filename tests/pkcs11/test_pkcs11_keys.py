@@ -10,7 +10,8 @@ import pkcs11
 import pytest
 from pkcs11 import Attribute as A
 
-from kmsenvelope import AccessDeniedError, ConfigError, KeyNotFoundError
+from kmsenvelope import ConfigError
+from kmsenvelope.errors import AccessDeniedError, KeyNotFoundError
 from kmsenvelope_pkcs11 import close_all, create_key, create_key_at, open_key, parse_uri
 from kmsenvelope_pkcs11.pool import LOCK
 

@@ -7,15 +7,8 @@ import os
 
 import pytest
 
-from kmsenvelope import (
-    AccessDeniedError,
-    ConfigError,
-    KeyNotFoundError,
-    ProviderError,
-    ProviderUnavailableError,
-    UnwrapError,
-    WrappedKey,
-)
+from kmsenvelope import ConfigError, ProviderError, ProviderUnavailableError, WrappedKey
+from kmsenvelope.errors import AccessDeniedError, KeyNotFoundError, UnwrapError
 from kmsenvelope_pkcs11 import close_all, open_key, parse_uri
 
 CONTEXT = {"tenant": "t-1", "purpose": "test"}
@@ -92,7 +85,7 @@ def test_blobs_are_standard_aes_gcm_and_rfc5649(softhsm):
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
 
-    from kmsenvelope.header import encode_context
+    from kmsenvelope.format.header import encode_context
 
     key = import_known_aes_key(softhsm, "known")
     dek = os.urandom(32)

@@ -22,11 +22,12 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import KmsEnvelopeError
+from ..plugins import ProviderRegistry, SettingOption
 from .admin_commands import add_admin_commands
 from .context import CliContext
 from .crypto_commands import add_crypto_commands
-from .key_commands import add_key_commands
 from .migrate_commands import add_migrate_commands
+from .plugin_commands import add_plugin_commands, add_setting_options
 from .progress import end_status_line
 from .safe_text import SafeFormatter, printable
 from .signals import disable_core_dumps, exit_code_for, termination_signals
@@ -46,36 +47,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, printable(f"kmsenvelope: error: {message} (see '{self.prog} --help')") + "\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser."""
+def build_parser(registry: ProviderRegistry | None = None) -> argparse.ArgumentParser:
+    """The full argument parser: the built-in commands, then those the plugins in ``registry``
+    registered (default: the installed plugins); ``PluginError`` if a plugin's collide."""
+    if registry is None:
+        registry = ProviderRegistry.load(skip_broken=True)
+    options = registry.setting_options
     parser = _Parser(
         prog="kmsenvelope",
         description="Envelope encryption across key-management services.",
         epilog="Exit codes are listed in 'python -m pydoc kmsenvelope.cli' and the README.",
     )
     parser.add_argument("--version", action="version", version=f"kmsenvelope {__version__}")
-    _add_global_options(parser, default=None)
+    _add_global_options(parser, None, options)
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
     add_crypto_commands(sub)
-    add_key_commands(sub)
     add_migrate_commands(sub)
     add_admin_commands(sub)
-    _accept_global_options_everywhere(parser)
+    _accept_global_options_everywhere(parser, options)
+    add_plugin_commands(
+        sub, registry.commands, lambda p: _add_global_options(p, argparse.SUPPRESS, options)
+    )
     return parser
 
 
-def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
-    """--config, --profile, --keystore, -q, -v. On subcommands their default is SUPPRESS,
-    so ``kmsenvelope keys create NAME --keystore DIR`` works as well as putting them first."""
+def _add_global_options(
+    parser: argparse.ArgumentParser, default: object, options: Sequence[SettingOption]
+) -> None:
+    """--config, --profile, the plugins' setting options (--keystore), -q, -v. On subcommands
+    their default is SUPPRESS, so ``kmsenvelope keys create NAME --keystore DIR`` works as well
+    as putting them first."""
     parser.add_argument(
         "--config", metavar="FILE", default=default, help="config file (default: search path)"
     )
     parser.add_argument("--profile", metavar="NAME", default=default, help="config profile to use")
-    parser.add_argument(
-        "--keystore", metavar="DIR", default=default, help="local keystore directory"
-    )
+    add_setting_options(parser, options, default)
     parser.add_argument(
         "-q",
         "--quiet",
@@ -92,12 +100,14 @@ def _add_global_options(parser: argparse.ArgumentParser, default: object) -> Non
     )
 
 
-def _accept_global_options_everywhere(parser: argparse.ArgumentParser) -> None:
+def _accept_global_options_everywhere(
+    parser: argparse.ArgumentParser, options: Sequence[SettingOption]
+) -> None:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                _add_global_options(child, default=argparse.SUPPRESS)
-                _accept_global_options_everywhere(child)
+                _add_global_options(child, argparse.SUPPRESS, options)
+                _accept_global_options_everywhere(child, options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,10 +128,15 @@ def _say(line: str) -> None:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+    registry = ProviderRegistry.load(skip_broken=True)  # a broken plugin fails what needs it
+    try:
+        parser = build_parser(registry)
+    except KmsEnvelopeError as exc:  # a plugin's command or option collides
+        _say(f"kmsenvelope: error: {exc}")
+        return exc.exit_code
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
-    ctx = CliContext(args)
+    _configure_logging(args.verbose, registry)
+    ctx = CliContext(args, registry)
     try:
         return int(args.handler(ctx, args))
     except KmsEnvelopeError as exc:
@@ -142,19 +157,14 @@ def _run(argv: Sequence[str] | None) -> int:
         return EXIT_INTERNAL
 
 
-# SDK loggers that log request and response bodies at DEBUG: for KMS Encrypt/Decrypt those
-# bodies hold data keys. They never go below WARNING, whatever -v says.
-_SDK_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "azure", "msal", "pkcs11")
-
-
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(verbose: int, registry: ProviderRegistry) -> None:
     """Quiet by default: provider SDKs must not print their own lines before our error line.
 
-    ``-v``/``-vv`` (or KMSENVELOPE_DEBUG) turn on kmsenvelope's own loggers only.
+    ``-v``/``-vv`` (or KMSENVELOPE_DEBUG) turn on kmsenvelope's own loggers and those plugins
+    declare their own. The SDK loggers plugins declare silenced (they log request and response
+    bodies at DEBUG: for KMS Encrypt/Decrypt those hold data keys) never go below WARNING.
     """
     root = logging.getLogger()
-    for name in _SDK_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
     if verbose or os.environ.get(DEBUG_ENV):
         level = logging.DEBUG if verbose > 1 or os.environ.get(DEBUG_ENV) else logging.INFO
         handler = logging.StreamHandler()
@@ -162,11 +172,12 @@ def _configure_logging(verbose: int) -> None:
         handler.addFilter(_end_status_line_first)
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
-        logging.getLogger("kmsenvelope").setLevel(level)
-        for name in ("kmsenvelope_aws", "kmsenvelope_azure", "kmsenvelope_pkcs11"):
+        for name in ("kmsenvelope", *registry.own_loggers):
             logging.getLogger(name).setLevel(level)
     elif not root.handlers:
         root.addHandler(logging.NullHandler())  # no "last resort" printing of SDK warnings
+    for name in registry.silenced_loggers:  # last: a plugin's "own" logger cannot unsilence one
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _end_status_line_first(record: logging.LogRecord) -> bool:

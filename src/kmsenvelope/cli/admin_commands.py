@@ -1,4 +1,4 @@
-"""``providers``, ``audit verify [--anchor VALUE]``, ``audit anchor`` and ``config show``."""
+"""``providers`` and ``config show``: what is installed and configured."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
+from ..errors import ConfigError
 from .context import CliContext, Subcommands
+from .safe_text import printable
 
 __all__ = ["add_admin_commands"]
 
@@ -32,26 +34,6 @@ def _providers(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_verify(ctx: CliContext, args: argparse.Namespace) -> int:
-    report = ctx.open_keystore().verify_audit(args.anchor)
-    anchored = ", not rolled back past the anchor" if args.anchor is not None else ""
-    print(f"audit log OK: {report.entries} entries, chain intact{anchored}")
-    return 0
-
-
-def _audit_anchor(ctx: CliContext, args: argparse.Namespace) -> int:
-    """Print the verified audit head, to be kept outside the keystore (see ``verify --anchor``)."""
-    report = ctx.open_keystore().verify_audit()
-    print(report.anchor)
-    if not args.quiet:
-        print(
-            "kmsenvelope: keep this anchor outside the keystore; 'kmsenvelope audit verify "
-            "--anchor VALUE' proves the log was not rolled back past it",
-            file=sys.stderr,
-        )
-    return 0
-
-
 def _config_show(ctx: CliContext, args: argparse.Namespace) -> int:
     """Only settings an installed provider declares non-secret are shown (an allow-list)."""
     from ..config import ignored_local_config
@@ -64,9 +46,12 @@ def _config_show(ctx: CliContext, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     schemas = ctx.engine.registry.schemas
-    for scheme, schema in schemas.items():  # a misspelt setting is an error here too
+    for scheme, schema in schemas.items():  # show the config anyway, but name each mistake
         if scheme in ctx.config.providers:
-            schema.parse(ctx.config.provider_settings(scheme))
+            try:
+                schema.parse(ctx.config.provider_settings(scheme))
+            except ConfigError as exc:
+                print(f"kmsenvelope: warning: {printable(str(exc))}", file=sys.stderr)
     json.dump(ctx.config.redacted(schemas), sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
     return 0
@@ -77,27 +62,6 @@ def add_admin_commands(sub: Subcommands) -> None:
     p = sub.add_parser("providers", help="list installed providers")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_providers)
-
-    audit = sub.add_parser("audit", help="audit log commands")
-    asub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    p = asub.add_parser(
-        "verify",
-        help="check the local keystore's audit hash chain (exit 12 if broken or rolled back)",
-    )
-    p.add_argument(
-        "--anchor",
-        metavar="VALUE",
-        default=None,
-        help="an anchor printed earlier by 'audit anchor': fail unless its entry is still in "
-        "the chain (the log was not rolled back past it)",
-    )
-    p.set_defaults(handler=_audit_verify)
-    p = asub.add_parser(
-        "anchor",
-        help="print the current audit head (SEQ:HASH) to keep outside the keystore, for "
-        "'audit verify --anchor'",
-    )
-    p.set_defaults(handler=_audit_anchor)
 
     config = sub.add_parser("config", help="configuration commands")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")

@@ -1,22 +1,21 @@
-"""Shared state for CLI commands: parsed global options, config and engine built lazily."""
+"""Shared state for CLI commands: parsed global options, the plugins, and config and engine
+built lazily (a plugin command's handler gets it as its ``CommandContext``)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config, check_allowed_keys, load_config
 from ..engine import Engine
 from ..errors import ConfigError
-from ..local.keystore import Keystore
-from ..local.provider import keystore_dir, passphrase_from_env
-from ..plugins import ProviderRegistry
+from ..plugins import ProviderRegistry, SettingOption
 
-__all__ = ["CliContext", "Subcommands", "parse_pairs"]
+__all__ = ["CliContext", "Subcommands", "parse_pairs", "setting_dest"]
 
 if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[Any]
@@ -38,11 +37,33 @@ def parse_pairs(items: list[str] | None, option: str) -> dict[str, str]:
     return out
 
 
+def setting_dest(option: SettingOption) -> str:
+    """Where argparse keeps a plugin's setting option (``--keystore``): no command's name."""
+    return f"setting:{option.scheme}:{option.setting}"
+
+
+def _apply_setting_options(
+    cfg: Config, args: argparse.Namespace, options: Sequence[SettingOption]
+) -> Config:
+    """``cfg`` with the setting options given on the command line over its provider settings."""
+    given = [(o, value) for o in options if (value := getattr(args, setting_dest(o), None))]
+    if not given:
+        return cfg
+    providers = dict(cfg.providers)
+    for option, value in given:
+        providers[option.scheme] = MappingProxyType(
+            {**providers.get(option.scheme, {}), option.setting: value}
+        )
+    return dataclasses.replace(cfg, providers=MappingProxyType(providers))
+
+
 @dataclass
 class CliContext:
-    """Global options, with the config, registry and engine created on first use."""
+    """Global options and the plugin registry, with the config and engine created on first
+    use (what a plugin command's handler gets: ``kmsenvelope.hooks.CommandContext``)."""
 
     args: argparse.Namespace
+    registry: ProviderRegistry
     _config: Config | None = field(default=None, init=False)
     _engine: Engine | None = field(default=None, init=False)
 
@@ -50,20 +71,16 @@ class CliContext:
     def config(self) -> Config:
         if self._config is None:
             cfg = load_config(self.args.config, profile=self.args.profile)
-            if self.args.keystore:
-                providers = dict(cfg.providers)
-                providers["local"] = MappingProxyType(
-                    {**providers.get("local", {}), "keystore": self.args.keystore}
-                )
-                cfg = dataclasses.replace(cfg, providers=MappingProxyType(providers))
-            self._config = cfg
+            self._config = _apply_setting_options(cfg, self.args, self.registry.setting_options)
         return self._config
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            if self.registry.broken:  # a plugin failed to load: fail as loading it here would
+                raise self.registry.broken[0]
             self._engine = Engine(
-                registry=ProviderRegistry.load(),
+                registry=self.registry,
                 config=self.config,
                 allow=self.allow_patterns,
                 trusted_keys=self.named_keys,
@@ -84,15 +101,3 @@ class CliContext:
         for option in ("to", "add"):
             named += [u for u in getattr(self.args, option, None) or () if isinstance(u, str)]
         return tuple(named)
-
-    @property
-    def keystore_path(self) -> Path:
-        return keystore_dir(self.config.provider_settings("local"))
-
-    def open_keystore(self, *, create: bool = False) -> Keystore:
-        """Unlock the keystore; with ``create``, make it first if it does not exist."""
-        path = self.keystore_path
-        if create and not Keystore.exists(path):
-            passphrase = passphrase_from_env(prompt="New keystore passphrase: ", confirm=True)
-            return Keystore.create(path, passphrase)
-        return Keystore.open(path, passphrase_from_env())

@@ -31,7 +31,7 @@ def _input_size(name: str) -> int | None:
 
 
 def _chunk_size(text: str) -> int:
-    from ..header import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+    from ..format.header import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
     try:
         value = int(text)

@@ -26,7 +26,6 @@ import hmac
 import json
 import os
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from hashlib import sha256
@@ -34,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AuditLogError, ConfigError
-from ..header import encode_context
-from .files import atomic_write, drop_torn_tail, open_regular, read_regular
+from ..format.header import encode_context
+from ..safe_files import atomic_write, drop_torn_tail, open_regular, read_regular
+from .encoding import now
+from .files import KEYSTORE_FILES
 
 __all__ = ["MAX_CONTEXT_BYTES", "MAX_KEY_CHARS", "AuditLog", "AuditReport", "parse_anchor"]
 
@@ -138,7 +139,7 @@ class AuditLog:
         """The authenticated (seq, hash, generation or None) of the last entry, or None if
         there is no head file."""
         try:
-            data = json.loads(read_regular(self.head_path))
+            data = json.loads(read_regular(self.head_path, refuse=KEYSTORE_FILES))
             seq, digest, mac = int(data["seq"]), str(data["hash"]), str(data["mac"])
             gen = data.get("gen")
             if gen is not None and (not isinstance(gen, int) or isinstance(gen, bool)):
@@ -158,13 +159,13 @@ class AuditLog:
             "gen": generation,
             "mac": self._head_mac(seq, digest, generation),
         }
-        atomic_write(self.head_path, _canonical(doc))
+        atomic_write(self.head_path, _canonical(doc), refuse=KEYSTORE_FILES)
 
     def _scan_generation(self) -> int:
         """The highest generation any entry records, read from the whole log: only for a head
         written before heads kept it (the next append records it in the head)."""
         try:
-            raw = read_regular(self.path)
+            raw = read_regular(self.path, refuse=KEYSTORE_FILES)
         except FileNotFoundError:
             return 0
         highest = 0
@@ -182,7 +183,7 @@ class AuditLog:
     def _last_entry(self) -> dict[str, Any] | None:
         """The last complete line of the log (reads only the file's tail)."""
         try:
-            with os.fdopen(open_regular(self.path, os.O_RDONLY), "rb") as fh:
+            with os.fdopen(open_regular(self.path, os.O_RDONLY, refuse=KEYSTORE_FILES), "rb") as fh:
                 size = fh.seek(0, os.SEEK_END)
                 fh.seek(max(0, size - 65536))
                 tail = fh.read()
@@ -259,7 +260,7 @@ class AuditLog:
         seq, prev, highest = self._current_end()
         body: dict[str, Any] = {
             "seq": seq + 1,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "time": now(),
             "op": op,
             "outcome": outcome[:200],
             "pid": os.getpid(),
@@ -271,8 +272,9 @@ class AuditLog:
             highest = max(highest, generation)
         digest = self._hash(prev, body)
         line = _canonical({**body, "hash": digest}) + b"\n"
-        drop_torn_tail(self.path)  # a crash mid-append left half a line: never an entry
-        fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        # a crash mid-append left half a line: never an entry
+        drop_torn_tail(self.path, refuse=KEYSTORE_FILES)
+        fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, refuse=KEYSTORE_FILES)
         try:
             os.write(fd, line)
             os.fsync(fd)
@@ -304,7 +306,7 @@ class AuditLog:
         count = 0
         generation = 0
         try:
-            raw = read_regular(self.path)
+            raw = read_regular(self.path, refuse=KEYSTORE_FILES)
         except FileNotFoundError:
             raw = b""
         lines = raw.split(b"\n")

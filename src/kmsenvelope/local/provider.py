@@ -12,14 +12,16 @@ import getpass
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, KeystoreError
 from ..kek import WrappedKey
 from ..settings import Setting, SettingsSchema
-from .keystore import VERSION_PATTERN, Keystore, check_name
+from .keyfiles import VERSION_PATTERN, check_name
+from .keystore import Keystore
+from .unlock import PASSPHRASE_ENV, check_passphrase_length
 
 __all__ = [
     "LOCAL_SETTINGS",
@@ -30,8 +32,6 @@ __all__ = [
     "open_keystore",
     "passphrase_from_env",
 ]
-
-PASSPHRASE_ENV = "KMSENVELOPE_KEYSTORE_PASSPHRASE"  # noqa: S105 - a variable name
 
 
 def default_keystore_dir() -> Path:
@@ -70,15 +70,20 @@ def passphrase_from_env(*, prompt: str = "Keystore passphrase: ", confirm: bool 
         raise KeystoreError(
             f"the keystore passphrase is needed: set {PASSPHRASE_ENV} or run on a terminal"
         )
-    first = ask_secret(prompt)
     if confirm:  # a new passphrase: refuse a short one before asking for it again
-        from .keystore import MIN_PASSPHRASE_CHARS
+        return ask_passphrase(prompt, repeat="Repeat passphrase: ", check=check_passphrase_length)
+    return ask_passphrase(prompt)
 
-        if len(first) < MIN_PASSPHRASE_CHARS:
-            raise KeystoreError(
-                f"a new keystore's passphrase must have at least {MIN_PASSPHRASE_CHARS} characters"
-            )
-    if confirm and ask_secret("Repeat passphrase: ") != first:
+
+def ask_passphrase(
+    prompt: str, *, repeat: str | None = None, check: Callable[[str], None] | None = None
+) -> str:
+    """A passphrase asked on the terminal, never empty: ``check`` runs on the first answer,
+    then (a new passphrase) the ``repeat`` prompt must get the same answer."""
+    first = ask_secret(prompt)
+    if check is not None:
+        check(first)
+    if repeat is not None and ask_secret(repeat) != first:
         raise KeystoreError("the two passphrases differ")
     if not first:
         raise KeystoreError("empty passphrase")

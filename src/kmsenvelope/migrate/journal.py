@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..local.files import drop_torn_tail
+from ..safe_files import drop_torn_tail
 
 __all__ = ["FINAL", "Journal", "default_journal_path"]
 

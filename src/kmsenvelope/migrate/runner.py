@@ -10,10 +10,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from ..armor import ArmorWriter, PrefixedReader, open_envelope_stream
 from ..engine import Engine
 from ..errors import KmsEnvelopeError, MalformedEnvelopeError
-from ..header import MAGIC, read_header
+from ..format.compact import ArmorWriter, PrefixedReader, open_envelope_stream
+from ..format.header import MAGIC, read_header
 from ..kek import KeyEncryptionKey
 from ..rewrapping import RewrapPlan, matches, rewrap_header
 from .guard import CallPolicy, JobCancelled

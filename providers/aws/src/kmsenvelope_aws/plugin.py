@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import kmsenvelope
-from kmsenvelope.plugins import RegisterProvider
+from kmsenvelope.plugins import RegisterLoggers, RegisterProvider
 
 from .key_uri import SCHEME
 from .settings import SETTINGS_SCHEMA
@@ -19,7 +19,7 @@ from .settings import SETTINGS_SCHEMA
 if TYPE_CHECKING:
     from .kek import AwsKmsKey
 
-__all__ = ["kmsenvelope_register_providers", "open_key"]
+__all__ = ["kmsenvelope_register_loggers", "kmsenvelope_register_providers", "open_key"]
 
 
 def open_key(uri: str, settings: Mapping[str, Any], /) -> AwsKmsKey:
@@ -33,3 +33,10 @@ def open_key(uri: str, settings: Mapping[str, Any], /) -> AwsKmsKey:
 def kmsenvelope_register_providers(register: RegisterProvider) -> None:
     """Register the ``aws-kms`` scheme, with its settings schema."""
     register(SCHEME, open_key, schema=SETTINGS_SCHEMA)
+
+
+@kmsenvelope.hookimpl
+def kmsenvelope_register_loggers(register: RegisterLoggers) -> None:
+    """Our ``kmsenvelope_aws`` logger follows ``-v``; boto3's never go below WARNING: botocore
+    logs KMS request and response bodies at DEBUG, and those hold data keys."""
+    register(own=["kmsenvelope_aws"], silenced=["botocore", "boto3", "s3transfer", "urllib3"])

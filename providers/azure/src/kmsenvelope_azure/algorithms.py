@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from kmsenvelope.header import encode_context
+from kmsenvelope.format.header import encode_context
 
 __all__ = [
     "AAD_LABEL",

@@ -31,13 +31,11 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from kmsenvelope import (
+from kmsenvelope import KmsEnvelopeError, ProviderError, ProviderUnavailableError
+from kmsenvelope.errors import (
     AccessDeniedError,
     KeyDisabledError,
     KeyNotFoundError,
-    KmsEnvelopeError,
-    ProviderError,
-    ProviderUnavailableError,
     ThrottledError,
     UnwrapError,
 )

@@ -40,14 +40,8 @@ from azure.core.rest import HttpRequest
 from azure.keyvault.keys import KeyClient, KeyVaultKey
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kmsenvelope import (
-    ConfigError,
-    KeyDisabledError,
-    KeyNotFoundError,
-    ProviderError,
-    UnwrapError,
-    WrappedKey,
-)
+from kmsenvelope import ConfigError, ProviderError, WrappedKey
+from kmsenvelope.errors import KeyDisabledError, KeyNotFoundError, UnwrapError
 
 from .algorithms import (
     AAD_LABEL,

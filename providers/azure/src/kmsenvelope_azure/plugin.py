@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import kmsenvelope
 from kmsenvelope.kek import KeyEncryptionKey
-from kmsenvelope.plugins import RegisterProvider
+from kmsenvelope.plugins import RegisterLoggers, RegisterProvider
 
 from .settings import SETTINGS_SCHEMA
 from .uri import SCHEME
@@ -21,7 +21,7 @@ from .uri import SCHEME
 if TYPE_CHECKING:
     from .provider import AzureKeyVaultProvider
 
-__all__ = ["SCHEME", "kmsenvelope_register_providers", "open_key"]
+__all__ = ["SCHEME", "kmsenvelope_register_loggers", "kmsenvelope_register_providers", "open_key"]
 
 _lock = threading.Lock()
 _provider: AzureKeyVaultProvider | None = None
@@ -43,3 +43,10 @@ def open_key(uri: str, settings: Mapping[str, Any], /) -> KeyEncryptionKey:
 def kmsenvelope_register_providers(register: RegisterProvider) -> None:
     """Register the ``azure-kv`` scheme, with its settings schema."""
     register(SCHEME, open_key, schema=SETTINGS_SCHEMA)
+
+
+@kmsenvelope.hookimpl
+def kmsenvelope_register_loggers(register: RegisterLoggers) -> None:
+    """Our ``kmsenvelope_azure`` loggers follow ``-v``; the Azure SDK's, MSAL's and urllib3's
+    never go below WARNING (at DEBUG they log requests, responses and tokens)."""
+    register(own=["kmsenvelope_azure"], silenced=["azure", "msal", "urllib3"])

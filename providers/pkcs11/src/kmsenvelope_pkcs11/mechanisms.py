@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kmsenvelope.errors import ProviderError, UnwrapError
-from kmsenvelope.header import encode_context
+from kmsenvelope.format.header import encode_context
 
 from . import _p11
 

@@ -6,14 +6,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import kmsenvelope
-from kmsenvelope.plugins import RegisterKeyCreator, RegisterProvider
+from kmsenvelope.plugins import RegisterKeyCreator, RegisterLoggers, RegisterProvider
 
 from .cloudhsm import CLOUDHSM
 from .factory import cloudhsm_factory, pkcs11_factory
 from .keys import create_key_at
 from .settings import PKCS11
 
-__all__ = ["kmsenvelope_register_key_creators", "kmsenvelope_register_providers"]
+__all__ = [
+    "kmsenvelope_register_key_creators",
+    "kmsenvelope_register_loggers",
+    "kmsenvelope_register_providers",
+]
 
 
 @kmsenvelope.hookimpl
@@ -32,3 +36,10 @@ def kmsenvelope_register_key_creators(register: RegisterKeyCreator) -> None:
     """``kmsenvelope keys create 'pkcs11:token=T;object=NAME' --type aes256`` makes the key."""
     register("pkcs11", _create)
     register("aws-cloudhsm", _create)
+
+
+@kmsenvelope.hookimpl
+def kmsenvelope_register_loggers(register: RegisterLoggers) -> None:
+    """``kmsenvelope_pkcs11`` loggers follow ``-v`` (``kmsenvelope.pkcs11`` does with the core's);
+    python-pkcs11's never go below WARNING."""
+    register(own=["kmsenvelope_pkcs11"], silenced=["pkcs11"])
