@@ -3,18 +3,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-
-def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "kmsenvelope", *args],
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-    )
+from cli_support import run
 
 
 def test_path_after_repeatable_options_is_the_input(keystore_dir: Path, tmp_path: Path) -> None:

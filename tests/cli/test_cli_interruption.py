@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_support import run
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc; sends POSIX signals"
@@ -23,15 +24,6 @@ pytestmark = pytest.mark.skipif(
 
 SIZE = 8 << 20
 CHUNK = 64 << 10
-
-
-def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "kmsenvelope", *args],
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture

@@ -12,15 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-
-
-def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "kmsenvelope", *args],
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-    )
+from cli_support import run
 
 
 @pytest.fixture

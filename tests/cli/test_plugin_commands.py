@@ -7,37 +7,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-from importlib.metadata import distribution
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from plugin_support import broken_distribution, cli, needs_example, plugin_module
 
 from kmsenvelope import ProviderRegistry, hookimpl
 from kmsenvelope.cli import build_parser, main
 from kmsenvelope.errors import PluginError
 from kmsenvelope.memory import InMemoryKEK
-
-try:
-    distribution("kmsenvelope-example-plugin")
-    HAVE_EXAMPLE = True
-except Exception:
-    HAVE_EXAMPLE = False
-needs_example = pytest.mark.skipif(
-    not HAVE_EXAMPLE,
-    reason="tests/fixtures/example_plugin is not installed (nox -s tests installs it)",
-)
-
-
-def _module(hooks: dict[str, Any]) -> ModuleType:
-    """A plugin module holding ``hooks`` (what an entry point would load)."""
-    module = ModuleType("kmsenvelope_test_plugin")
-    for name, hook in hooks.items():
-        setattr(module, name, hook)
-    return module
 
 
 @pytest.fixture
@@ -79,17 +58,6 @@ def test_third_party_command_and_option_run_through_the_cli(
     assert "invalid choice: 'example'" in capsys.readouterr().err
 
 
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kmsenvelope", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 @needs_example
 def test_plugin_loggers_follow_verbose_and_its_sdk_stays_silenced(
     keyfile: Path, tmp_path: Path
@@ -102,12 +70,12 @@ def test_plugin_loggers_follow_verbose_and_its_sdk_stays_silenced(
         "KMSENVELOPE_PROVIDERS__EXAMPLE__KEYFILE": str(keyfile),
     }
     (tmp_path / "plain").write_bytes(b"logged?")
-    loud = _cli(["-vv", "encrypt", "-i", "plain", "-o", "env", "--to", "example:k1"], env, tmp_path)
+    loud = cli(["-vv", "encrypt", "-i", "plain", "-o", "env", "--to", "example:k1"], env, tmp_path)
     assert loud.returncode == 0, loud.stderr
     assert "kmsenvelope: kmsenvelope_example: wrapping with example:k1\n" in loud.stderr
     assert "Plaintext" not in loud.stderr
     assert "example_sdk" not in loud.stderr
-    quiet = _cli(["encrypt", "-i", "plain", "-o", "env2", "--to", "example:k1"], env, tmp_path)
+    quiet = cli(["encrypt", "-i", "plain", "-o", "env2", "--to", "example:k1"], env, tmp_path)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
 
@@ -139,7 +107,7 @@ def _registry(commands: Any = None, options: Any = None, scheme: str = "clash") 
 
         hooks["kmsenvelope_register_setting_options"] = kmsenvelope_register_setting_options
     registry = ProviderRegistry.load(allow=["local"])
-    registry.add_plugin(_module(hooks), name="clash")
+    registry.add_plugin(plugin_module(hooks), name="clash")
     return registry
 
 
@@ -180,37 +148,25 @@ def test_a_plugin_colliding_with_the_core_is_a_plugin_error(registry: Any, messa
     assert raised.value.exit_code == 5
 
 
-def _broken_distribution(root: Path) -> Path:
-    info = root / "kmsenvelope_broken_demo-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: kmsenvelope-broken-demo\nVersion: 1.0\n"
-    )
-    (info / "entry_points.txt").write_text(
-        "[kmsenvelope]\nbroken-demo = kmsenvelope_no_such_module_xyz\n"
-    )
-    return root
-
-
 def test_a_broken_plugin_fails_only_the_commands_that_need_providers(tmp_path: Path) -> None:
     """Plugins now load before the arguments are parsed (they add commands); one that fails to
     import still breaks only what needs providers, as before: help and the keystore commands
     work, ``encrypt`` is the one-line plugin error (exit 5)."""
-    site = _broken_distribution(tmp_path / "site")
+    site = broken_distribution(tmp_path / "site")
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
         "KMSENVELOPE_PLUGINS": "local,broken-demo",
         "KMSENVELOPE_KEYSTORE_PASSPHRASE": "correct horse battery staple",
     }
-    helped = _cli(["--help"], env, tmp_path)
+    helped = cli(["--help"], env, tmp_path)
     assert helped.returncode == 0, helped.stderr
     assert "keys" in helped.stdout
-    listed = _cli(["keys", "list", "--keystore", str(tmp_path / "none")], env, tmp_path)
+    listed = cli(["keys", "list", "--keystore", str(tmp_path / "none")], env, tmp_path)
     assert listed.returncode == 11
     assert listed.stderr.startswith(f"kmsenvelope: error: no keystore at {tmp_path / 'none'}")
     (tmp_path / "plain").write_bytes(b"x")
-    enc = _cli(["encrypt", "-i", "plain", "-o", "env", "--to", "local:k"], env, tmp_path)
+    enc = cli(["encrypt", "-i", "plain", "-o", "env", "--to", "local:k"], env, tmp_path)
     assert enc.returncode == 5
     assert enc.stderr.startswith("kmsenvelope: error: plugin 'broken-demo' (")
     assert "failed to import" in enc.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from core_support import SharedKeyProvider
 
 import kmsenvelope
 from kmsenvelope import ConfigError, Engine, NoRecipientError, ProviderRegistry
@@ -21,23 +22,15 @@ from kmsenvelope.memory import InMemoryKEK
 from kmsenvelope.rewrapping import RewrapPlan, rewrap_bytes
 
 
-class Recorder:
+class Recorder(SharedKeyProvider):
     """A provider whose factory records every key it is asked to open."""
 
+    scheme = "rec"
     opened: ClassVar[list[str]] = []
-    kek = InMemoryKEK(bytes(range(32)), "shared")
 
     def __init__(self, uri: str, settings: Mapping[str, Any]) -> None:
         Recorder.opened.append(uri)
-        self.uri = uri
-
-    @property
-    def key_id(self) -> str:
-        return self.uri
-
-    def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
-        w = self.kek.wrap(dek, context)
-        return WrappedKey("rec", self.uri, w.algorithm, w.ciphertext)
+        super().__init__(uri, settings)
 
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
         inner = WrappedKey("memory", self.kek.key_id, wrapped.algorithm, wrapped.ciphertext)

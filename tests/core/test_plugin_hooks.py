@@ -11,19 +11,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from plugin_support import broken_distribution, plugin_module
 
 from kmsenvelope import ProviderRegistry, hookimpl
 from kmsenvelope.errors import PluginError
 from kmsenvelope.memory import InMemoryKEK
 from kmsenvelope.settings import Setting, SettingsSchema
-
-
-def _module(hooks: dict[str, Any]) -> ModuleType:
-    """A plugin module holding ``hooks`` (what an entry point would load)."""
-    module = ModuleType("kmsenvelope_test_plugin")
-    for name, hook in hooks.items():
-        setattr(module, name, hook)
-    return module
 
 
 def _factory(uri: str, settings: Any) -> InMemoryKEK:
@@ -57,7 +50,7 @@ def _plugin(
     ):
         if body is not None:
             hooks[name] = hookimpl(_named(name, body))
-    return _module(hooks)
+    return plugin_module(hooks)
 
 
 def _named(name: str, body: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -200,23 +193,10 @@ def test_a_failed_registration_leaves_the_registry_as_it_was() -> None:
     assert [c.name for c in registry.commands] == ["tool"]
 
 
-def _broken_distribution(root: Path) -> Path:
-    """A distribution on ``root`` whose ``kmsenvelope`` entry point names a missing module."""
-    info = root / "kmsenvelope_broken_demo-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: kmsenvelope-broken-demo\nVersion: 1.0\n"
-    )
-    (info / "entry_points.txt").write_text(
-        "[kmsenvelope]\nbroken-demo = kmsenvelope_no_such_module_xyz\n"
-    )
-    return root
-
-
 def test_load_skip_broken_keeps_the_others_and_the_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.syspath_prepend(str(_broken_distribution(tmp_path)))
+    monkeypatch.syspath_prepend(str(broken_distribution(tmp_path)))
     with pytest.raises(PluginError, match=r"'broken-demo' .* failed to import"):
         ProviderRegistry.load(allow=["local", "broken-demo"])
     registry = ProviderRegistry.load(allow=["local", "broken-demo"], skip_broken=True)

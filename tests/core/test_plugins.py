@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Mapping
-from importlib.metadata import distribution
 from pathlib import Path
 from typing import Any
 
 import pytest
+from plugin_support import cli, needs_example
 
 import kmsenvelope
 from kmsenvelope import (
@@ -25,16 +23,6 @@ from kmsenvelope import (
 from kmsenvelope.config import Config
 from kmsenvelope.errors import PluginError, UnknownSchemeError
 from kmsenvelope.memory import InMemoryKEK
-
-try:
-    distribution("kmsenvelope-example-plugin")
-    HAVE_EXAMPLE = True
-except Exception:
-    HAVE_EXAMPLE = False
-needs_example = pytest.mark.skipif(
-    not HAVE_EXAMPLE,
-    reason="tests/fixtures/example_plugin is not installed (nox -s tests installs it)",
-)
 
 
 def test_local_is_loaded_through_the_entry_point_group() -> None:
@@ -142,17 +130,6 @@ def test_wrap_returning_inconsistent_key_id_rejected() -> None:
         Engine(registry=registry, config=Config()).encrypt(b"x", ["liar:key"])
 
 
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kmsenvelope", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 @needs_example
 def test_third_party_plugin_listed_and_used_by_cli(tmp_path: Path) -> None:
     keyfile = tmp_path / "keys.json"
@@ -163,27 +140,27 @@ def test_third_party_plugin_listed_and_used_by_cli(tmp_path: Path) -> None:
         "KMSENVELOPE_PLUGINS": "local,example",
         "KMSENVELOPE_CONFIG": str(tmp_path / "kmsenvelope.toml"),
     }
-    listed = _cli(["providers", "--json"], env, tmp_path)
+    listed = cli(["providers", "--json"], env, tmp_path)
     assert listed.returncode == 0, listed.stderr
     rows = {r["scheme"]: r for r in json.loads(listed.stdout)}
     assert rows["example"]["distribution"] == "kmsenvelope-example-plugin"
     assert rows["example"]["version"] == "1.2.3"
     (tmp_path / "plain").write_bytes(b"third party")
-    enc = _cli(["encrypt", "-i", "plain", "-o", "env", "--to", "example:k1"], env, tmp_path)
+    enc = cli(["encrypt", "-i", "plain", "-o", "env", "--to", "example:k1"], env, tmp_path)
     assert enc.returncode == 0, enc.stderr
     # Strict by default: the envelope's key is contacted once the user allows it.
-    refused = _cli(["decrypt", "-i", "env", "-o", "back"], env, tmp_path)
+    refused = cli(["decrypt", "-i", "env", "-o", "back"], env, tmp_path)
     assert refused.returncode == 4
     assert "--allow example:k1," in refused.stderr
-    dec = _cli(["decrypt", "-i", "env", "-o", "back", "--allow", "example:*"], env, tmp_path)
+    dec = cli(["decrypt", "-i", "env", "-o", "back", "--allow", "example:*"], env, tmp_path)
     assert dec.returncode == 0, dec.stderr
     assert (tmp_path / "back").read_bytes() == b"third party"
     # Blocked: the scheme is unknown and the envelope cannot be opened.
     blocked = {**env, "KMSENVELOPE_BLOCK_PLUGINS": "example"}
-    enc2 = _cli(["encrypt", "-i", "plain", "-o", "env2", "--to", "example:k1"], blocked, tmp_path)
+    enc2 = cli(["encrypt", "-i", "plain", "-o", "env2", "--to", "example:k1"], blocked, tmp_path)
     assert enc2.returncode == 5
     assert "no provider is installed for scheme 'example'" in enc2.stderr
-    dec2 = _cli(["decrypt", "-i", "env", "-o", "back2"], blocked, tmp_path)
+    dec2 = cli(["decrypt", "-i", "env", "-o", "back2"], blocked, tmp_path)
     assert dec2.returncode == 4
     assert not (tmp_path / "back2").exists()
 

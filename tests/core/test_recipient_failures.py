@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from core_support import SharedKeyProvider
 
 import kmsenvelope
 from kmsenvelope import Config, Engine, NoRecipientError, ProviderRegistry
@@ -26,7 +27,6 @@ from kmsenvelope.errors import (
 )
 from kmsenvelope.kek import WrappedKey
 from kmsenvelope.local import Keystore
-from kmsenvelope.memory import InMemoryKEK
 
 # What the service answers an unwrap for a key whose name starts with each word.
 FAILURES: dict[str, Exception] = {
@@ -41,21 +41,10 @@ FAILURES: dict[str, Exception] = {
 }
 
 
-class FailingService:
+class FailingService(SharedKeyProvider):
     """A provider whose keys wrap normally and fail to unwrap the way their name says."""
 
-    kek = InMemoryKEK(bytes(range(32)), "shared")
-
-    def __init__(self, uri: str, settings: Mapping[str, Any]) -> None:
-        self.uri = uri
-
-    @property
-    def key_id(self) -> str:
-        return self.uri
-
-    def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
-        w = self.kek.wrap(dek, context)
-        return WrappedKey("svc", self.uri, w.algorithm, w.ciphertext)
+    scheme = "svc"
 
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
         raise FAILURES[self.uri.removeprefix("svc:").split("-")[0]]

@@ -8,9 +8,10 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from migrate_support import migrate_command
 
 import kmsenvelope
 from kmsenvelope.local import Keystore
@@ -31,18 +32,8 @@ def test_sigkill_at_random_points_then_resume(keystore: Keystore, tmp_path: Path
         path.write_bytes(kmsenvelope.encrypt(data, ["local:old"], chunk_size=64, armor=i % 5 == 0))
         originals[path] = data
     journal = tmp_path / "job.journal"
-    cmd = [
-        sys.executable,
-        "-m",
-        "kmsenvelope",
-        "migrate",
-        str(tree),
-        "--to",
-        "local:new",
-        "--remove",
-        "local:old",
-        "--concurrency",
-        "2",
+    cmd = migrate_command(
+        tree,
         # A rate limit makes the job last long enough for every kill to land mid-job, however
         # fast or loaded the machine is (600 envelopes x 3 provider calls at 150 calls/s).
         "--rate-limit",
@@ -50,7 +41,7 @@ def test_sigkill_at_random_points_then_resume(keystore: Keystore, tmp_path: Path
         "--resume",
         "--journal",
         str(journal),
-    ]
+    )
     rng = random.Random(20261128)
     kills = 0
     runs = 0

@@ -5,14 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from migrate_support import ids
 
 import kmsenvelope
 from kmsenvelope.cli import main
 from kmsenvelope.local import Keystore
-
-
-def ids(path: Path) -> list[str]:
-    return [r.key_id for r in kmsenvelope.inspect_envelope(path.read_bytes()).recipients]
 
 
 @pytest.fixture

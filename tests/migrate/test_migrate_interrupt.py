@@ -6,11 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from migrate_support import ids_in, migrate_command
 
 import kmsenvelope
 from kmsenvelope.local import Keystore
@@ -25,10 +25,6 @@ from kmsenvelope.migrate import (
 )
 
 COUNT = 40
-
-
-def ids(data: bytes) -> list[str]:
-    return [r.key_id for r in kmsenvelope.inspect_envelope(data).recipients]
 
 
 @pytest.fixture
@@ -53,18 +49,8 @@ def done_lines(journal: Path) -> int:
 
 def test_sigint_stops_a_rate_limited_job_promptly(tree: dict[Path, bytes], tmp_path: Path) -> None:
     journal, report = tmp_path / "job.journal", tmp_path / "report.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "kmsenvelope",
-        "migrate",
-        str(tmp_path / "tree"),
-        "--to",
-        "local:new",
-        "--remove",
-        "local:old",
-        "--concurrency",
-        "2",
+    cmd = migrate_command(
+        tmp_path / "tree",
         # 3 provider calls per envelope at 2 calls/s: the job would take a minute, and the
         # queue of envelopes already handed to workers alone would take more than 10 s.
         "--rate-limit",
@@ -73,7 +59,7 @@ def test_sigint_stops_a_rate_limited_job_promptly(tree: dict[Path, bytes], tmp_p
         str(journal),
         "--report",
         str(report),
-    ]
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while done_lines(journal) < 1 and time.monotonic() < deadline and proc.poll() is None:
@@ -94,12 +80,12 @@ def test_sigint_stops_a_rate_limited_job_promptly(tree: dict[Path, bytes], tmp_p
     assert summary["interrupted"] is True
     assert 1 <= summary["migrated"] < COUNT
     assert summary["migrated"] + summary["left"] == COUNT
-    migrated_now = [p for p in tree if ids(p.read_bytes()) == ["local:new/1"]]
+    migrated_now = [p for p in tree if ids_in(p.read_bytes()) == ["local:new/1"]]
     assert len(migrated_now) == summary["migrated"] == done_lines(journal)
     # Stopped means stopped: nothing changes after the process is gone, nothing half-done.
     for path, plaintext in tree.items():
         env = path.read_bytes()
-        assert ids(env) in (["local:old/1"], ["local:new/1"])
+        assert ids_in(env) in (["local:old/1"], ["local:new/1"])
         assert kmsenvelope.decrypt(env) == plaintext
     assert sorted(p.name for p in (tmp_path / "tree").iterdir()) == sorted(p.name for p in tree)
 
@@ -113,7 +99,7 @@ def test_sigint_stops_a_rate_limited_job_promptly(tree: dict[Path, bytes], tmp_p
     assert resumed.returncode == 0, resumed.stderr
     assert f"{summary['migrated']} done earlier" in resumed.stderr
     for path, plaintext in tree.items():
-        assert ids(path.read_bytes()) == ["local:new/1"]
+        assert ids_in(path.read_bytes()) == ["local:new/1"]
         assert kmsenvelope.decrypt(path.read_bytes()) == plaintext
 
 

@@ -9,6 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from migrate_support import empty_tree, ids_in, with_keys
 
 import kmsenvelope
 from kmsenvelope.cli import main
@@ -24,17 +25,10 @@ LEADS = {
 }
 
 
-def ids(data: bytes) -> list[str]:
-    return [r.key_id for r in kmsenvelope.inspect_envelope(data).recipients]
-
-
 @pytest.fixture
 def tree(keystore: Keystore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    keystore.create_key("old")
-    keystore.create_key("new")
-    root = tmp_path / "tree"
-    root.mkdir()
+    with_keys(keystore, tmp_path, monkeypatch, "old", "new")
+    root = empty_tree(tmp_path)
     for name, lead in LEADS.items():
         compact = kmsenvelope.encrypt(name.encode(), ["local:old"], armor=True)
         (root / f"{name}.txt").write_bytes(lead + compact)
@@ -55,7 +49,7 @@ def test_migrate_rewraps_compact_envelopes_after_any_allowed_whitespace(
     for name in LEADS:
         data = (tree / f"{name}.txt").read_bytes()
         assert data.startswith(b"kmsenv1."), name  # compact stays compact (whitespace dropped)
-        assert ids(data) == ["local:new/1"], name
+        assert ids_in(data) == ["local:new/1"], name
         assert kmsenvelope.decrypt(data) == name.encode()
 
 
@@ -67,7 +61,7 @@ def test_rewrap_add_accepts_leading_whitespace(
     for name in LEADS:
         data = (tree / f"{name}.txt").read_bytes()
         assert data.startswith(b"kmsenv1.")
-        assert ids(data) == ["local:old/1", "local:new/1"]
+        assert ids_in(data) == ["local:old/1", "local:new/1"]
         assert kmsenvelope.decrypt(data) == name.encode()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from migrate_support import add_unreadable, empty_tree, ids, with_keys
 
 import kmsenvelope
 from kmsenvelope.cli import main
@@ -14,17 +15,10 @@ from kmsenvelope.local import Keystore
 from kmsenvelope.migrate import Journal
 
 
-def ids(path: Path) -> list[str]:
-    return [r.key_id for r in kmsenvelope.inspect_envelope(path.read_bytes()).recipients]
-
-
 @pytest.fixture
 def tree(keystore: Keystore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    keystore.create_key("k1")
-    keystore.create_key("k2")
-    root = tmp_path / "tree"
-    root.mkdir()
+    with_keys(keystore, tmp_path, monkeypatch, "k1", "k2")
+    root = empty_tree(tmp_path)
     for name in ("a.env", "b.env"):
         (root / name).write_bytes(kmsenvelope.encrypt(name.encode(), ["local:k1"]))
     return root
@@ -55,10 +49,7 @@ def test_resume_after_a_finished_run_redoes_a_replaced_file(
 def test_resume_of_an_unfinished_run_redoes_a_file_changed_since(
     tree: Path, keystore: Keystore, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    keystore.create_key("gone")
-    (tree / "bad.env").write_bytes(kmsenvelope.encrypt(b"x", ["local:gone"]))
-    keystore.rotate("gone")
-    keystore.destroy_version("gone", 1)
+    add_unreadable(keystore, tree / "bad.env")
     assert main(["migrate", str(tree), "--to", "local:k2"]) == 13  # journal left unfinished
     capsys.readouterr()
     changed = tree / "b.env"

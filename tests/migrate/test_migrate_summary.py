@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from migrate_support import add_unreadable, empty_tree, with_keys
 
 import kmsenvelope
 from kmsenvelope.cli import main
@@ -13,11 +14,8 @@ from kmsenvelope.local import Keystore
 
 @pytest.fixture
 def tree(keystore: Keystore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    keystore.create_key("old")
-    keystore.create_key("new")
-    root = tmp_path / "tree"
-    root.mkdir()
+    with_keys(keystore, tmp_path, monkeypatch, "old", "new")
+    root = empty_tree(tmp_path)
     for i in range(5):
         (root / f"f{i}.env").write_bytes(kmsenvelope.encrypt(f"data {i}".encode(), ["local:old"]))
     (root / "README").write_text("not an envelope")
@@ -41,10 +39,7 @@ def test_dry_run_counts_what_would_be_migrated(
 def test_resume_counts_a_non_envelope_as_skipped_not_done(
     tree: Path, keystore: Keystore, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    keystore.create_key("gone")
-    (tree / "bad.env").write_bytes(kmsenvelope.encrypt(b"x", ["local:gone"]))
-    keystore.rotate("gone")
-    keystore.destroy_version("gone", 1)
+    add_unreadable(keystore, tree / "bad.env")
     assert main(["migrate", str(tree), "--to", "local:new"]) == 13  # unfinished: resumable
     capsys.readouterr()
     assert main(["migrate", str(tree), "--to", "local:new", "--resume"]) == 13

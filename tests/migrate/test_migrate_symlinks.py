@@ -9,22 +9,16 @@ import os
 from pathlib import Path
 
 import pytest
+from migrate_support import ids, with_keys
 
 import kmsenvelope
 from kmsenvelope.cli import main
 from kmsenvelope.local import Keystore
 
 
-def ids(path: Path) -> list[str]:
-    return [r.key_id for r in kmsenvelope.inspect_envelope(path.read_bytes()).recipients]
-
-
 @pytest.fixture
 def keys(keystore: Keystore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Keystore:
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    keystore.create_key("old")
-    keystore.create_key("new")
-    return keystore
+    return with_keys(keystore, tmp_path, monkeypatch, "old", "new")
 
 
 def seal(path: Path, data: bytes) -> Path:
