@@ -102,6 +102,7 @@ DETERMINISTIC_ALGORITHMS: tuple[str, ...] = (
 
 NONCE_LAYOUTS: Mapping[str, tuple[int, int]] = {
     r"AES-(128|192|256)-GCM": (0, 12),
+    r"A(128|192|256)GCM": (0, 12),  # JOSE names (Azure Managed HSM): iv || ciphertext || tag
 }
 """Where the nonce sits in ``WrappedKey.ciphertext``: algorithm pattern -> (offset, length)."""
 
