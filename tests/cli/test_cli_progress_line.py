@@ -184,3 +184,24 @@ def test_interrupt_message_starts_its_own_line(keystore_dir: Path, tmp_path: Pat
     lines = screen(text.replace("\r\n", "\n"))
     assert "kmsenvelope: interrupted" in lines
     assert list(tmp_path.glob("*out*")) == []
+
+
+def test_an_interrupt_right_after_drawing_still_ends_the_line() -> None:
+    """Ctrl-C can land between drawing the bar and recording that a line is open: the message
+    printed next must still start on a new line (seen in CI as '…MiB/skmsenvelope: interrupted')."""
+    from kmsenvelope.cli.progress import end_status_line
+
+    class InterruptedAfterFlush(io.StringIO):
+        interrupted = False
+
+        def flush(self) -> None:
+            super().flush()
+            if not self.interrupted:  # the first flush is the bar's: Ctrl-C lands right after
+                self.interrupted = True
+                raise KeyboardInterrupt
+
+    stream = InterruptedAfterFlush()
+    with pytest.raises(KeyboardInterrupt):
+        StatusLine(stream).show("decrypting 1.0 MiB")
+    end_status_line()
+    assert stream.getvalue() == "\rdecrypting 1.0 MiB\n"

@@ -59,10 +59,12 @@ class StatusLine:
             if _open is not None and _open is not self:
                 _open.finish()
             pad = " " * max(self._width - len(text), 0)
+            # Marked open before drawing: Ctrl-C can arrive between any two steps here (the
+            # callback runs on the main thread), and the message after it must start a new line.
+            self._width = max(len(text), 1)
+            _open = self
             self.stream.write(f"\r{text}{pad}")
             self.stream.flush()
-            self._width = len(text)
-            _open = self
 
     def finish(self) -> None:
         """End the line (newline) if anything is drawn on it; idempotent."""
