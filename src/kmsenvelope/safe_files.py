@@ -17,6 +17,8 @@ import os
 import re
 import stat
 import tempfile
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,16 @@ from .errors import ConfigError
 
 __all__ = [
     "REFUSE",
+    "FileLock",
     "Refusal",
     "atomic_write",
     "drop_torn_tail",
     "ensure_private_dir",
+    "finish_replace",
+    "fsync_dir",
     "locked",
     "open_regular",
+    "prepare_replace",
     "read_regular",
     "replaceable_target",
 ]
@@ -99,7 +105,8 @@ def ensure_private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (a file renamed into it) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -173,6 +180,35 @@ def _check_replaceable(path: Path, refuse: Refusal) -> None:
         raise refuse.not_replaced(path, _kind(mode))
 
 
+def prepare_replace(path: Path, data: bytes) -> str:
+    """A synced temp file holding ``data`` next to ``path`` (mode 0600), for
+    :func:`finish_replace`: the slow part of :func:`atomic_write`, done before taking a lock."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def finish_replace(tmp: str, path: Path, *, refuse: Refusal = REFUSE) -> None:
+    """Rename ``tmp`` (from :func:`prepare_replace`) over ``path`` if that is a regular file or
+    absent; the temp file is removed on any error. The caller then runs :func:`fsync_dir`."""
+    try:
+        _check_replaceable(path, refuse)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write(path: Path, data: bytes, *, refuse: Refusal = REFUSE) -> None:
     """Write ``data`` to ``path`` (mode 0600) via a synced temp file and ``os.replace``.
 
@@ -181,20 +217,8 @@ def atomic_write(path: Path, data: bytes, *, refuse: Refusal = REFUSE) -> None:
     device, FIFO, socket or directory there is refused (``refuse``'s error), never replaced.
     """
     _check_replaceable(path, refuse)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _check_replaceable(path, refuse)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    finish_replace(prepare_replace(path, data), path, refuse=refuse)
+    fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -209,6 +233,179 @@ def locked(lock_path: Path, *, exclusive: bool = True, refuse: Refusal = REFUSE)
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+class _Descriptor:
+    """One descriptor of a file kept open, and the (device, inode) it was opened on."""
+
+    __slots__ = ("fd", "ident")
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.ident: tuple[int, int] = (0, 0)
+
+    def get(self, path: Path, refuse: Refusal, create: bool) -> int:
+        if self.fd is None:
+            fd = open_regular(path, os.O_RDWR | (os.O_CREAT if create else 0), refuse=refuse)
+            st = os.fstat(fd)
+            self.fd, self.ident = fd, (st.st_dev, st.st_ino)
+        return self.fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class _Hold:
+    """``with lock.exclusive:`` / ``with lock.shared:`` (a plain object: cheaper than a
+    generator-based context manager on a path taken once per operation)."""
+
+    __slots__ = ("_exclusive", "_lock")
+
+    def __init__(self, lock: FileLock, exclusive: bool) -> None:
+        self._lock = lock
+        self._exclusive = exclusive
+
+    def __enter__(self) -> None:
+        self._lock.acquire(exclusive=self._exclusive)
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+_LOCKS: weakref.WeakSet[FileLock] = weakref.WeakSet()
+
+
+class FileLock:
+    """An advisory ``flock`` on ``path`` taken through one descriptor kept open, instead of one
+    opened per use (``with lock.exclusive:`` for a change, ``with lock.shared:`` for a read).
+
+    Re-entrant in the thread that holds it (a nested hold never changes the lock's kind; asking
+    for an exclusive hold inside a shared one is a ``RuntimeError``). Other threads wait on a
+    mutex in front of the flock, since one descriptor's flock does not exclude threads; other
+    processes, and other ``FileLock`` objects, wait on the flock. If ``path`` is replaced by
+    another file the descriptor is reopened on it, so every user locks the same file. A child
+    made by ``fork`` opens a descriptor of its own (an inherited one would share the lock).
+    Callables given to :meth:`defer` run after the outermost release, in the releasing thread.
+    """
+
+    def __init__(self, path: Path, *, refuse: Refusal = REFUSE) -> None:
+        self.path = path
+        self._name = os.fspath(path)
+        self._refuse = refuse
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._exclusive = False
+        self._deferred: list[Callable[[], None]] = []
+        self.token = 0
+        """Changes with every outermost hold: what was checked under one hold holds for it."""
+        self._file = _Descriptor()
+        finalizer = weakref.finalize(self, self._file.close)
+        finalizer.atexit = False  # at exit the OS closes it; audit flushes still need it
+        self.exclusive = _Hold(self, True)
+        self.shared = _Hold(self, False)
+        _LOCKS.add(self)
+
+    def __repr__(self) -> str:
+        return f"FileLock({str(self.path)!r})"
+
+    @property
+    def held(self) -> bool:
+        """Whether the calling thread holds the lock."""
+        if not self._mutex.acquire(blocking=False):
+            return False
+        try:
+            return self._depth > 0
+        finally:
+            self._mutex.release()
+
+    @property
+    def exclusive_now(self) -> bool:
+        """Whether the calling thread's hold is exclusive (ask it while holding the lock)."""
+        return self._exclusive and self._depth > 0
+
+    def acquire(self, *, exclusive: bool = True, create: bool = True) -> None:
+        """Take the lock (blocking); pair with :meth:`release`. ``create=False``: if the lock
+        file is gone, ``FileNotFoundError`` instead of creating it (for work that only makes
+        sense while the files it guards exist)."""
+        self._mutex.acquire()
+        if self._depth:
+            if exclusive and not self._exclusive:
+                self._mutex.release()
+                raise RuntimeError(f"{self.path}: exclusive lock asked for inside a shared one")
+            self._depth += 1
+            return
+        try:
+            self._lock_file(fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, create)
+        except BaseException:
+            self._mutex.release()
+            raise
+        self._exclusive = exclusive
+        self._depth = 1
+        self.token += 1
+
+    def _lock_file(self, operation: int, create: bool) -> None:
+        for _ in range(100):
+            fd = self._file.get(self.path, self._refuse, create)
+            fcntl.flock(fd, operation)
+            try:
+                st = os.lstat(self._name)
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_dev, st.st_ino) == self._file.ident:
+                return
+            fcntl.flock(fd, fcntl.LOCK_UN)  # locked a file no longer at ``path``: lock that one
+            self._file.close()
+            if st is None and not create:
+                raise FileNotFoundError(errno.ENOENT, "lock file removed", str(self.path))
+        raise self._refuse.error(f"{self.path} keeps being replaced: cannot lock it")
+
+    def release(self) -> None:
+        """Release one hold; the outermost release unlocks, then runs the deferred calls."""
+        deferred: list[Callable[[], None]] = []
+        try:
+            if self._depth == 1:
+                deferred, self._deferred = self._deferred, []
+                fd = self._file.fd
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._depth -= 1
+            self._mutex.release()
+        failure: BaseException | None = None
+        for call in deferred:
+            try:
+                call()
+            except BaseException as exc:  # every deferred call runs; the first failure is raised
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def defer(self, call: Callable[[], None]) -> None:
+        """Run ``call`` once the calling thread's outermost hold is released (hold it now)."""
+        self._deferred.append(call)
+
+    def close(self) -> None:
+        """Close the descriptor (reopened by the next hold); a no-op while the lock is held."""
+        with self._mutex:
+            if self._depth == 0:
+                self._file.close()
+
+    def _forked(self) -> None:
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._deferred = []
+        self._file.close()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_LOCKS):
+        lock._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def drop_torn_tail(path: Path, *, refuse: Refusal = REFUSE) -> None:

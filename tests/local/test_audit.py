@@ -110,7 +110,7 @@ def test_every_operation_is_audited_in_order(
     head = json.loads((keystore_dir / "audit.head").read_text())
     assert head["seq"] == len(entries)
     assert head["hash"] == entries[-1]["hash"]
-    assert set(head) == {"seq", "hash", "gen", "mac"}  # the head is authenticated too
+    assert set(head) == {"seq", "hash", "gen", "offset", "mac"}  # the head is authenticated too
     assert head["gen"] == max(e.get("gen", 0) for e in entries)  # the keystore generation
     # each hash is an HMAC under the passphrase-derived audit key (checked independently)
     oracle = StoreOracle(keystore_dir, PASSPHRASE)

@@ -23,6 +23,7 @@ from local_support import (
 
 import kmsenvelope
 from kmsenvelope import ConfigError, NoRecipientError, WrappedKey
+from kmsenvelope.durability import flush_all
 from kmsenvelope.errors import (
     KeyDestroyedError,
     KeyDisabledError,
@@ -143,6 +144,7 @@ def test_wrong_passphrase_api(
 ) -> None:
     keystore.create_key("pp")
     blob = kmsenvelope.encrypt(b"secret", ["local:pp"])
+    flush_all()  # the encrypt's audit record synced and the head moved (audit_sync "batch")
     before = snapshot(keystore_dir)
 
     with pytest.raises(WrongPassphraseError) as info:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from local_support import FAST_KDF, PASSPHRASE, assert_cli_error, run_cli, snapshot
 
 import kmsenvelope
+from kmsenvelope.durability import flush_all
 from kmsenvelope.errors import KeystoreError
 from kmsenvelope.local import Keystore
 
@@ -144,6 +145,7 @@ def test_restore_refuses_another_keystores_key_of_the_same_name(
     other.destroy_version("pay", 1)  # no version left to compare: only the identity differs
     backup = tmp_path / "other.backup"
     other.backup(backup, BACKUP_PASSPHRASE)
+    flush_all()  # the encrypt's audit record synced and the head moved (audit_sync "batch")
     before = snapshot(keystore_dir)
 
     with pytest.raises(KeystoreError) as info:

@@ -12,6 +12,12 @@ Layout of a keystore directory (mode 0700, every file 0600, every write atomic):
     audit.log        hash-chained audit entries (see ``audit.py``); audit.head: the chain's end
     .lock            flock target serializing changes across processes
 
+An unlocked keystore keeps what it read (keystore.json, key files, key material opened for use)
+and checks it on every operation, cheaply: the ``lstat`` of keystore.json and of the key file
+(device, inode, size, modification and change times: every write is a rename of a new file), and
+the audit log, in which every key change any process makes is recorded. A change made by another
+process, or a file put back, is seen by the next operation.
+
 Anti-rollback: every change writes its key files with generation G+1, then keystore.json with
 generation G+1 and the new files' MACs. A key file is accepted only if keystore.json records its
 MAC, or (a change interrupted between the two writes) its generation is exactly G+1; an older,
@@ -32,6 +38,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -60,6 +67,31 @@ KEY_FORMAT = "kmsenvelope-key/1"
 """The format marker of a key file (keys/NAME.json)."""
 VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,9}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_CACHED_KEYS = 1024
+_CACHED_MATERIAL = 256
+
+_Stamp = tuple[int, int, int, int, int]
+"""What ``lstat`` says about a file: device, inode, size, mtime and ctime (ns)."""
+
+
+def _stamp(path: str) -> _Stamp | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A file as read: its stamp, the audit epoch then, and its checked content."""
+
+    path: str
+    stamp: _Stamp
+    epoch: int
+    doc: dict[str, Any]
+    meta: Mapping[str, Any] | None = None
+    """For a key file: the keystore.json it was checked against."""
 
 
 def check_name(name: str) -> str:
@@ -160,6 +192,72 @@ class KeyFiles:
         self.id = store_id
         self._keys = keys
         self._audit = audit
+        self._meta_file = os.fspath(directory / STORE_FILE)
+        self._meta: _Seen | None = None
+        self._docs: dict[str, _Seen] = {}
+        # Opened AES key material, per (name, version, sealed material): AESGCM objects ready
+        # to use. Per unlocked keystore only, never module-wide; dropped with the key's file.
+        self._aeads: dict[tuple[str, int, str], AESGCM] = {}
+
+    # -- what this keystore read, checked on every operation ---------------------------------
+
+    def current_meta(self) -> Mapping[str, Any]:
+        """keystore.json as :meth:`read_meta` returns it, read again only if it or the audit
+        log changed (hold the keystore's lock; do not change the result)."""
+        logged = self._audit.generation()  # before keystore.json, as read_meta
+        stamp = _stamp(self._meta_file)
+        seen = self._meta
+        if (
+            seen is not None
+            and seen.stamp == stamp
+            and seen.epoch == self._audit.epoch
+            and int(seen.doc.get("generation", 0)) >= logged
+        ):
+            return seen.doc
+        self._meta = None
+        doc = self.read_meta()
+        if stamp is not None:
+            self._meta = _Seen(self._meta_file, stamp, self._audit.epoch, doc)
+        return doc
+
+    def current_key(self, name: str, meta: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Key ``name``'s file as :meth:`load` returns it, read again only if it changed or
+        ``meta`` is another keystore.json (hold the keystore's lock; do not change it)."""
+        seen = self._docs.get(name)
+        if seen is not None and seen.meta is meta and seen.stamp == _stamp(seen.path):
+            return seen.doc
+        path = os.fspath(self.key_path(name))
+        stamp = _stamp(path)
+        self._forget(name)
+        doc = self.load(name, meta)
+        if stamp is not None:
+            if len(self._docs) >= _CACHED_KEYS:
+                self._forget(next(iter(self._docs)))
+            self._docs[name] = _Seen(path, stamp, self._audit.epoch, doc, meta)
+        return doc
+
+    def _forget(self, name: str) -> None:
+        """Drop what is kept of key ``name`` (its file changed: its material may be gone)."""
+        self._docs.pop(name, None)
+        for cached in [k for k in self._aeads if k[0] == name]:
+            del self._aeads[cached]
+
+    def forget_all(self) -> None:
+        """Drop everything kept (after this keystore changed its own files)."""
+        self._meta = None
+        self._docs.clear()
+        self._aeads.clear()
+
+    def aead(self, name: str, version: int, sealed: str) -> AESGCM:
+        """The AES-GCM key of ``name``/``version`` (sealed as ``sealed``), opened once."""
+        cache_key = (name, version, sealed)
+        aead = self._aeads.get(cache_key)
+        if aead is None:
+            aead = AESGCM(self.open_material(name, version, sealed, self.key_path(name)))
+            if len(self._aeads) >= _CACHED_MATERIAL:
+                self._aeads.pop(next(iter(self._aeads)))
+            self._aeads[cache_key] = aead
+        return aead
 
     # -- keystore.json: the generation and the record of every key file ---------------------
 

@@ -3,7 +3,11 @@ destroy), wrapping and unwrapping data keys, and the audit record of each change
 
 Keys are versioned AES-256 and RSA-3072 keys, encrypted at rest. Unlocking is ``unlock.py``, the
 files on disk and their anti-rollback generations ``keyfiles.py``, backups ``backup.py``, the
-audit log ``audit.py``.
+audit log ``audit.py`` (``audit_sync``: when its wrap and unwrap records reach the disk).
+
+An unlocked keystore keeps its lock file, its audit log and what it read of its files open
+between operations, each checked cheaply on every operation (``keyfiles.py``); call
+:meth:`Keystore.close` (or use it as a context manager) to sync the audit log and release them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..durability import DEFAULT_SYNC, SyncMode
 from ..errors import (
     AuditLogError,
     ConfigError,
@@ -32,11 +37,11 @@ from ..errors import (
 )
 from ..format.header import encode_context
 from ..kek import WrappedKey
-from ..safe_files import ensure_private_dir
+from ..safe_files import FileLock, ensure_private_dir
 from .audit import AuditLog, AuditReport
 from .backup import check_backup_target, merge_backup, read_backup, write_backup
 from .encoding import now
-from .files import store_lock
+from .files import keystore_lock
 from .keyfiles import VERSION_PATTERN, KeyFiles, check_name, find_version, key_document, recorded
 from .unlock import STORE_FILE, StoreKeys, check_new_passphrase, new_kdf, new_store, unlock
 
@@ -108,18 +113,48 @@ class KeyInfo:
 class Keystore:
     """An unlocked keystore directory. Open with :meth:`open` or make one with :meth:`create`."""
 
-    def __init__(self, directory: Path, store_id: str, keys: StoreKeys) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        store_id: str,
+        keys: StoreKeys,
+        *,
+        audit_sync: SyncMode = DEFAULT_SYNC,
+        lock: FileLock | None = None,
+    ) -> None:
         self.directory = directory
         self.id = store_id
-        self.audit = AuditLog(directory, keys.audit)
+        self._store_lock = keystore_lock(directory) if lock is None else lock
+        self.audit = AuditLog(directory, keys.audit, sync=audit_sync, lock=self._store_lock)
         self._files = KeyFiles(directory, store_id, keys, self.audit)
         # Parsed RSA private keys, per (name, version, sealed material): parsing and checking a
         # 3072-bit key costs ~100 ms, an unwrap with a parsed one ~1 ms. Per unlocked keystore
         # only, never module-wide.
         self._rsa_cache: dict[tuple[str, int, str], rsa.RSAPrivateKey] = {}
+        self._public_cache: dict[tuple[str, int, str], rsa.RSAPublicKey] = {}
+        self._last_aad: tuple[str, Mapping[str, str], bytes] = ("", {}, b"")
 
     def __repr__(self) -> str:
-        return f"Keystore({str(self.directory)!r})"
+        return f"Keystore({str(self.directory)!r}, audit_sync={self.audit_sync!r})"
+
+    @property
+    def audit_sync(self) -> SyncMode:
+        """When wrap and unwrap audit records reach the disk (``"always"`` or ``"batch"``)."""
+        return self.audit.sync
+
+    def close(self) -> None:
+        """Sync the audit records written so far and release the open files (idempotent; the
+        keystore reopens them if it is used again)."""
+        try:
+            self.audit.close()
+        finally:
+            self._store_lock.close()
+
+    def __enter__(self) -> Keystore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -134,30 +169,45 @@ class Keystore:
         passphrase: str,
         *,
         kdf: Mapping[str, Any] | None = None,
+        audit_sync: SyncMode = DEFAULT_SYNC,
     ) -> Keystore:
         """Create a new, empty keystore at ``directory`` (which must not hold one).
 
-        The passphrase must have at least ``MIN_PASSPHRASE_CHARS`` characters.
+        The passphrase must have at least ``MIN_PASSPHRASE_CHARS`` characters. ``audit_sync``:
+        see :meth:`open`.
         """
         path = Path(directory).expanduser()
         check_new_passphrase(passphrase)
         params = new_kdf(kdf)
         ensure_private_dir(path)
         ensure_private_dir(path / "keys")
-        with store_lock(path):
+        lock = keystore_lock(path)
+        with lock.exclusive:
             if cls.exists(path):
                 raise KeystoreError(f"{path} already holds a keystore")
             fields, keys = new_store(passphrase, params, str(path))
-            store = cls(path, fields["id"], keys)
+            store = cls(path, fields["id"], keys, audit_sync=audit_sync, lock=lock)
             store._files.write_meta({**fields, "generation": 0, "keys": {}})
             store.audit.append("keystore.create", "local:*")
         return store
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], passphrase: str) -> Keystore:
-        """Unlock an existing keystore; ``WrongPassphraseError`` if the passphrase is wrong."""
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        passphrase: str,
+        *,
+        audit_sync: SyncMode = DEFAULT_SYNC,
+    ) -> Keystore:
+        """Unlock an existing keystore; ``WrongPassphraseError`` if the passphrase is wrong.
+
+        ``audit_sync``: ``"batch"`` (the default) writes each wrap and unwrap record before the
+        operation returns and fsyncs them in groups (at most 50 ms or 1,000 records apart);
+        ``"always"`` fsyncs each one before it returns (``kmsenvelope.durability``).
+        """
         path = Path(directory).expanduser()
-        store = cls(path, *unlock(path, passphrase))
+        store_id, keys = unlock(path, passphrase)
+        store = cls(path, store_id, keys, audit_sync=audit_sync)
         store._files.read_meta()  # authenticated, and not older than the audit log
         return store
 
@@ -200,7 +250,7 @@ class Keystore:
 
     def _lock(self, *, exclusive: bool = True) -> AbstractContextManager[None]:
         """The keystore's lock: exclusive for a change, shared for a read."""
-        return store_lock(self.directory, exclusive=exclusive)
+        return self._store_lock.exclusive if exclusive else self._store_lock.shared
 
     # -- key management ---------------------------------------------------------------------
 
@@ -247,7 +297,7 @@ class Keystore:
 
     def get(self, name: str) -> KeyInfo:
         with self._lock(exclusive=False):
-            return self._info(self._files.load(name))
+            return self._info(self._files.current_key(name, self._files.current_meta()))
 
     def rotate(self, name: str) -> KeyInfo:
         """Add a new version and make it current; old versions still unwrap."""
@@ -299,8 +349,16 @@ class Keystore:
             entry["material"] = None
             entry["destroyed"] = now()
             generation = self._files.commit(self._files.prepare(meta), [doc])
+            self._forget_material(name)
             self.audit.append("key.destroy", f"local:{name}/{version}", generation=generation)
             return self._info(doc)
+
+    def _forget_material(self, name: str) -> None:
+        """Drop every opened key of ``name`` this keystore keeps (a version was destroyed)."""
+        self._files.forget_all()
+        for cache in (self._rsa_cache, self._public_cache):
+            for cache_key in [k for k in cache if k[0] == name]:
+                del cache[cache_key]
 
     # -- wrapping ---------------------------------------------------------------------------
 
@@ -321,51 +379,90 @@ class Keystore:
             )
         return entry
 
-    @staticmethod
-    def _aad(key_id: str, context: Mapping[str, str]) -> bytes:
-        return b"kmsenvelope-local/1\x00" + key_id.encode() + b"\x00" + encode_context(context)
+    def _aad(self, key_id: str, context: Mapping[str, str]) -> bytes:
+        """What a wrapped key is bound to: the key version and the context (the last one
+        encoded is kept: an application tends to use the same context over and over)."""
+        last_id, last_context, last_aad = self._last_aad
+        if key_id == last_id and context == last_context:
+            return last_aad
+        aad = b"kmsenvelope-local/1\x00" + key_id.encode() + b"\x00" + encode_context(context)
+        self._last_aad = (key_id, dict(context), aad)
+        return aad
 
     def wrap(
-        self, name: str, version: int | None, dek: bytes, context: Mapping[str, str]
+        self,
+        name: str,
+        version: int | None,
+        dek: bytes,
+        context: Mapping[str, str],
+        *,
+        peer: tuple[int, int] | None = None,
     ) -> WrappedKey:
-        """Wrap ``dek`` with ``name`` at ``version`` (default: current) and audit it."""
+        """Wrap ``dek`` with ``name`` at ``version`` (default: current) and audit it.
+
+        ``peer``: the (uid, pid) of the process this wrap is done for (a daemon's client),
+        recorded in the audit entry.
+        """
         with self._lock():
             key_id = f"local:{name}" if version is None else f"local:{name}/{version}"
             try:
-                doc = self._files.load(name)
+                doc = self._files.current_key(name, self._files.current_meta())
                 ver = int(doc["current"]) if version is None else version
                 key_id = f"local:{name}/{ver}"
                 entry = self._usable(doc, ver)
-                path = self._files.key_path(name)
                 if doc["type"] == "aes256":
-                    raw = self._files.open_material(name, ver, entry["material"], path)
+                    aead = self._files.aead(name, ver, entry["material"])
                     nonce = os.urandom(12)
-                    ct = nonce + AESGCM(raw).encrypt(nonce, dek, self._aad(key_id, context))
+                    ct = nonce + aead.encrypt(nonce, dek, self._aad(key_id, context))
                     wrapped = WrappedKey("local", key_id, AES_ALG, ct)
                 else:
-                    public = serialization.load_pem_public_key(entry["public_key"].encode())
-                    assert isinstance(public, rsa.RSAPublicKey)
+                    public = self._public_key(name, ver, entry["public_key"])
                     wrapped = WrappedKey("local", key_id, RSA_ALG, public.encrypt(dek, _OAEP))
             except Exception as exc:
-                self.audit.append("wrap", key_id, f"error: {type(exc).__name__}", context)
+                self.audit.append(
+                    "wrap", key_id, f"error: {type(exc).__name__}", context, peer=peer
+                )
                 raise
-            self.audit.append("wrap", key_id, "ok", context)
+            self.audit.append("wrap", key_id, "ok", context, peer=peer)
             return wrapped
 
-    def unwrap(self, name: str, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
-        """Unwrap a data key wrapped by any version of ``name``, and audit it."""
+    def unwrap(
+        self,
+        name: str,
+        wrapped: WrappedKey,
+        context: Mapping[str, str],
+        *,
+        peer: tuple[int, int] | None = None,
+    ) -> bytes:
+        """Unwrap a data key wrapped by any version of ``name``, and audit it (``peer``: see
+        :meth:`wrap`)."""
         key_id = wrapped.key_id
         with self._lock():
             try:
                 version = parse_version(key_id, name)
-                doc = self._files.load(name)
+                doc = self._files.current_key(name, self._files.current_meta())
                 entry = self._usable(doc, version)
                 dek = self._unwrap_with(doc["type"], name, version, entry, wrapped, context)
             except Exception as exc:
-                self.audit.append("unwrap", key_id, f"error: {type(exc).__name__}", context)
+                self.audit.append(
+                    "unwrap", key_id, f"error: {type(exc).__name__}", context, peer=peer
+                )
                 raise
-            self.audit.append("unwrap", key_id, "ok", context)
+            self.audit.append("unwrap", key_id, "ok", context, peer=peer)
             return dek
+
+    def _public_key(self, name: str, version: int, pem: str) -> rsa.RSAPublicKey:
+        """The parsed RSA public key of ``name``/``version``, parsed once per keystore."""
+        cache_key = (name, version, pem)
+        public = self._public_cache.get(cache_key)
+        if public is None:
+            loaded = serialization.load_pem_public_key(pem.encode())
+            assert isinstance(loaded, rsa.RSAPublicKey)
+            public = loaded
+            if len(self._public_cache) >= _RSA_CACHE_SIZE:
+                self._public_cache.pop(next(iter(self._public_cache)))
+            self._public_cache[cache_key] = public
+        return public
 
     def _private_key(self, name: str, version: int, sealed: str) -> rsa.RSAPrivateKey:
         """The parsed RSA private key of ``name``/``version``, parsed once per keystore."""
@@ -397,12 +494,10 @@ class Keystore:
         if key_type == "aes256":
             if wrapped.algorithm != AES_ALG:
                 raise UnwrapError(f"{wrapped.key_id}: unexpected algorithm {wrapped.algorithm!r}")
-            raw = self._files.open_material(
-                name, version, entry["material"], self._files.key_path(name)
-            )
+            aead = self._files.aead(name, version, entry["material"])
             ct = wrapped.ciphertext
             try:
-                return AESGCM(raw).decrypt(ct[:12], ct[12:], self._aad(wrapped.key_id, context))
+                return aead.decrypt(ct[:12], ct[12:], self._aad(wrapped.key_id, context))
             except (InvalidTag, ValueError):
                 raise fail from None
         if wrapped.algorithm != RSA_ALG:
