@@ -15,7 +15,14 @@ nox.options.default_venv_backend = "venv"
 ROOT = Path(__file__).parent
 PROVIDERS = sorted(str(p.parent) for p in ROOT.glob("providers/*/pyproject.toml"))
 EXAMPLE_PLUGIN = "tests/fixtures/example_plugin"
-TEST_DEPS = ["pytest>=8", "hypothesis>=6", "pytest-timeout", "moto[server]>=5"]
+TEST_DEPS = [
+    "pytest>=8",
+    "hypothesis>=6",
+    "pytest-timeout",
+    "moto[server]>=5",
+    "opentelemetry-api",
+    "opentelemetry-sdk",
+]
 TYPE_DEPS = ["mypy>=1.10", "pytest>=8", "boto3-stubs[kms]>=1.34"]
 
 

@@ -22,9 +22,15 @@ paths only.
     recipients = ["aws-kms:alias/prod"]
     [profiles.prod.providers.aws-kms]
     region = "eu-west-1"
+    [audit]                                # one event per provider call (docs/audit.md)
+    sinks = ["jsonl:/var/log/kmsenvelope/audit.jsonl", "syslog"]
+    audit_sync = "batch"                   # or "always" (also a top-level key)
+    best_effort = false                    # true: a failing sink does not fail the operation
 
 Environment: ``KMSENVELOPE_PROFILE``, ``KMSENVELOPE_RECIPIENTS`` and
 ``KMSENVELOPE_ALLOWED_KEYS`` (comma-separated), ``KMSENVELOPE_MAX_UNWRAP_ATTEMPTS``,
+``KMSENVELOPE_AUDIT_SINKS`` (comma-separated, replaces the file's list),
+``KMSENVELOPE_AUDIT_SYNC``, ``KMSENVELOPE_AUDIT_BEST_EFFORT`` (``true``/``false``/``1``/``0``),
 ``KMSENVELOPE_KEYSTORE`` (= ``providers.local.keystore``) and
 ``KMSENVELOPE_PROVIDERS__<SCHEME>__<KEY>`` for any provider setting (scheme upper-cased with
 ``-`` written as ``_``), e.g. ``KMSENVELOPE_PROVIDERS__AWS_KMS__REGION=eu-west-1``.
@@ -37,6 +43,11 @@ remembers the file:line or variable each value came from, so errors point there.
 apart from exactly ``SCHEME:*`` (every key of one provider: an explicit discovery opt-in) a
 pattern must spell out the start of the key URI: no wildcard first, none before the end of a
 URL's host (``https://HOST/``) nor before the end of an ARN's account id (``…:ACCOUNT:``).
+
+Audit sinks (:class:`AuditSettings`, used by :mod:`kmsenvelope.auditing`): ``jsonl:PATH`` (an
+absolute path, ``~`` expanded), ``syslog`` or ``syslog:auth`` / ``syslog:user`` (the facility,
+default ``auth``), ``logging``. The local provider's table receives the effective
+``audit_sync`` unless it sets its own (its hash-chained log follows the same setting).
 """
 
 from __future__ import annotations
@@ -49,18 +60,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
+from .durability import DEFAULT_SYNC, SYNC_ENV, SyncMode, parse_sync_mode
 from .errors import ConfigError
 from .settings import REDACTED as REDACTED
 from .settings import SettingsSchema, SettingsTable, redact_settings
 
 __all__ = [
+    "AuditSettings",
     "Config",
+    "SinkSpec",
     "check_allowed_keys",
     "find_config_file",
     "ignored_local_config",
     "load_config",
+    "parse_sink",
 ]
 
 CONFIG_ENV = "KMSENVELOPE_CONFIG"
@@ -70,6 +85,12 @@ ALLOWED_KEYS_ENV = "KMSENVELOPE_ALLOWED_KEYS"
 KEYSTORE_ENV = "KMSENVELOPE_KEYSTORE"
 MAX_UNWRAP_ATTEMPTS_ENV = "KMSENVELOPE_MAX_UNWRAP_ATTEMPTS"
 PROVIDER_ENV_PREFIX = "KMSENVELOPE_PROVIDERS__"
+AUDIT_SINKS_ENV = "KMSENVELOPE_AUDIT_SINKS"
+AUDIT_SYNC_ENV = SYNC_ENV
+AUDIT_BEST_EFFORT_ENV = "KMSENVELOPE_AUDIT_BEST_EFFORT"
+SINK_KINDS = ("jsonl", "syslog", "logging")
+SYSLOG_FACILITIES = ("auth", "user")
+LOCAL_AUDIT_SYNC_ORIGIN = "the effective audit setting ([audit] audit_sync)"
 LOCAL_CONFIG_NAME = "kmsenvelope.toml"  # no longer read from the working directory
 DEFAULT_MAX_UNWRAP_ATTEMPTS = 8
 MAX_UNWRAP_ATTEMPTS_RANGE = (1, 64)
@@ -81,8 +102,19 @@ _TOP_KEYS = {
     "context",
     "providers",
     "profiles",
+    "audit",
+    "audit_sync",
 }
-_PROFILE_KEYS = {"recipients", "allowed_keys", "max_unwrap_attempts", "context", "providers"}
+_PROFILE_KEYS = {
+    "recipients",
+    "allowed_keys",
+    "max_unwrap_attempts",
+    "context",
+    "providers",
+    "audit",
+}
+_AUDIT_KEYS = {"sinks", "audit_sync", "best_effort"}
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
 def user_config_path() -> Path:
@@ -120,6 +152,80 @@ def ignored_local_config(used: Path | None = None) -> Path | None:
     return resolved
 
 
+class SinkSpec(NamedTuple):
+    """One parsed audit sink: ``kind`` (``jsonl``, ``syslog``, ``logging``) and its target
+    (the expanded path, the syslog facility, or ``""``)."""
+
+    kind: str
+    target: str
+
+
+def _sink_problem(spec: object) -> str | None:
+    """Why ``spec`` is not an audit sink, or None if it is one."""
+    if not isinstance(spec, str) or not spec.strip():
+        return "an audit sink is a non-empty string: 'jsonl:PATH', 'syslog' or 'logging'"
+    kind, sep, target = spec.strip().partition(":")
+    if kind not in SINK_KINDS:
+        return f"unknown audit sink kind {kind!r} in {spec!r} (kinds: {', '.join(SINK_KINDS)})"
+    if kind == "jsonl":
+        if not target.strip():
+            return f"{spec!r}: a jsonl sink names its file: 'jsonl:PATH'"
+        if not os.path.isabs(os.path.expanduser(target.strip())):
+            return (
+                f"{spec!r}: the jsonl sink needs an absolute path (the working directory must not "
+                "decide where the audit trail goes)"
+            )
+    elif kind == "syslog":
+        if sep and target.strip().lower() not in SYSLOG_FACILITIES:
+            return f"{spec!r}: the syslog facility is 'auth' or 'user', not {target!r}"
+    elif sep:
+        return f"{spec!r}: the logging sink takes no argument (it logs to 'kmsenvelope.audit')"
+    return None
+
+
+def parse_sink(spec: str) -> SinkSpec:
+    """``"jsonl:PATH"`` / ``"syslog[:auth|:user]"`` / ``"logging"`` as a :class:`SinkSpec`;
+    ``ConfigError`` says what is wrong with anything else."""
+    problem = _sink_problem(spec)
+    if problem:
+        raise ConfigError(problem)
+    kind, _sep, target = spec.strip().partition(":")
+    if kind == "jsonl":
+        return SinkSpec(kind, os.path.expanduser(target.strip()))
+    if kind == "syslog":
+        return SinkSpec(kind, target.strip().lower() or "auth")
+    return SinkSpec(kind, "")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """The ``[audit]`` table: where provider-call events go (``sinks``, see :func:`parse_sink`),
+    when appended records reach the disk (``sync``: ``"always"`` or ``"batch"``, see
+    :mod:`kmsenvelope.durability`) and whether a failing sink may be ignored (``best_effort``)."""
+
+    sinks: tuple[str, ...] = ()
+    sync: SyncMode = DEFAULT_SYNC
+    best_effort: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sinks, str):
+            raise TypeError("sinks must be a list of audit sinks, not one string")
+        object.__setattr__(self, "sinks", tuple(self.sinks))
+        for spec in self.sinks:
+            parse_sink(spec)
+        object.__setattr__(self, "sync", parse_sync_mode(self.sync))
+        if not isinstance(self.best_effort, bool):
+            raise TypeError("best_effort must be True or False")
+
+    def shown(self) -> dict[str, Any]:
+        """As ``config show`` prints it (sinks name files, never secrets)."""
+        return {
+            "sinks": list(self.sinks),
+            "audit_sync": self.sync,
+            "best_effort": self.best_effort,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The effective configuration after file, profile and environment are merged."""
@@ -135,6 +241,8 @@ class Config:
     max_unwrap_attempts: int = DEFAULT_MAX_UNWRAP_ATTEMPTS
     # Where each provider setting came from: scheme -> name -> "FILE:LINE" / "environment …".
     origins: Mapping[str, Mapping[str, str]] = field(default_factory=dict, compare=False)
+    # Audit events of provider calls: sinks, durability, best effort (kmsenvelope.auditing).
+    audit: AuditSettings = AuditSettings()
 
     def __post_init__(self) -> None:
         if self.allowed_keys is not None:
@@ -144,6 +252,8 @@ class Config:
         problem = _attempts_problem(self.max_unwrap_attempts)
         if problem:
             raise ConfigError(f"max_unwrap_attempts {problem}")
+        if not isinstance(self.audit, AuditSettings):
+            raise TypeError("audit must be an AuditSettings")
 
     def __repr__(self) -> str:
         """Secrets redacted, like ``config show`` (a repr ends up in tracebacks and logs)."""
@@ -151,8 +261,16 @@ class Config:
 
     def provider_settings(self, scheme: str) -> SettingsTable:
         """The ``[providers.SCHEME]`` table (empty if absent), read-only, with the origin of
-        each value (for errors that name the file:line or environment variable)."""
-        return SettingsTable(scheme, self.providers.get(scheme, {}), self.origins.get(scheme, {}))
+        each value (for errors that name the file:line or environment variable).
+
+        The ``local`` table gets ``audit_sync`` from :attr:`audit` unless it sets its own: the
+        local keystore's hash-chained log follows the same durability setting."""
+        values = self.providers.get(scheme, {})
+        origins = self.origins.get(scheme, {})
+        if scheme == "local" and "audit_sync" not in values:
+            values = {**values, "audit_sync": self.audit.sync}
+            origins = {**origins, "audit_sync": LOCAL_AUDIT_SYNC_ORIGIN}
+        return SettingsTable(scheme, values, origins)
 
     def redacted(self, schemas: Mapping[str, SettingsSchema] | None = None) -> dict[str, Any]:
         """The effective config as a dict, provider settings redacted by allow-list.
@@ -173,6 +291,7 @@ class Config:
             "providers": {
                 s: redact_settings(dict(v), known.get(s)) for s, v in self.providers.items()
             },
+            "audit": self.audit.shown(),
         }
 
 
@@ -251,6 +370,39 @@ class _Checker:
                 raise self.fail(sub, scheme, "must be a table of provider settings")
         return {s: dict(v) for s, v in value.items()}
 
+    def audit(self, table: str, value: Any) -> dict[str, Any]:
+        """An ``[audit]`` table, checked: the keys it sets (``sinks`` as a tuple, ``audit_sync``
+        as a sync mode, ``best_effort`` as a bool)."""
+        if not isinstance(value, dict):
+            raise self.fail(table, "audit", "must be a table ([audit])")
+        sub = f"{table}.audit" if table else "audit"
+        self.unknown(sub, set(value), _AUDIT_KEYS)
+        out: dict[str, Any] = {}
+        if "sinks" in value:
+            sinks = value["sinks"]
+            if not isinstance(sinks, list):
+                raise self.fail(sub, "sinks", "must be a list of sinks, e.g. ['jsonl:/PATH']")
+            for spec in sinks:
+                problem = _sink_problem(spec)
+                if problem:
+                    raise self.fail(sub, "sinks", problem)
+            out["sinks"] = tuple(sinks)
+        if "audit_sync" in value:
+            out["audit_sync"] = self.sync(sub, value["audit_sync"])
+        if "best_effort" in value:
+            if not isinstance(value["best_effort"], bool):
+                raise self.fail(sub, "best_effort", "must be true or false")
+            out["best_effort"] = value["best_effort"]
+        return out
+
+    def sync(self, table: str, value: Any) -> SyncMode:
+        try:
+            return parse_sync_mode(value)
+        except ConfigError:
+            raise self.fail(
+                table, "audit_sync", f'must be "always" or "batch", not {value!r}'
+            ) from None
+
     def origins(self, table: str, providers: Mapping[str, Mapping[str, Any]]) -> _Origins:
         """Where each setting of the ``providers`` tables under ``table`` was written."""
         sub = f"{table}.providers" if table else "providers"
@@ -315,6 +467,7 @@ def load_config(
     context = check.context("", data["context"]) if "context" in data else {}
     providers = check.providers("", data["providers"]) if "providers" in data else {}
     origins = check.origins("", providers)
+    audit = _file_audit(check, data)
 
     chosen = profile or env.get(PROFILE_ENV) or data.get("profile")
     if chosen is not None and not isinstance(chosen, str):
@@ -342,6 +495,8 @@ def load_config(
             context = {**context, **check.context(table, prof["context"])}
         overlay = check.providers(table, prof.get("providers", {}))
         _merge(providers, origins, overlay, check.origins(table, overlay))
+        if "audit" in prof:
+            audit.update(check.audit(table, prof["audit"]))
 
     if env.get(RECIPIENTS_ENV):
         recipients = tuple(r.strip() for r in env[RECIPIENTS_ENV].split(",") if r.strip())
@@ -366,6 +521,7 @@ def load_config(
             scheme = scheme_part.lower().replace("_", "-")
             providers.setdefault(scheme, {})[key.lower()] = value
             origins.setdefault(scheme, {})[key.lower()] = f"environment variable {name}"
+    _env_audit(audit, env)
     return Config(
         path=file,
         profile=chosen or None,
@@ -375,7 +531,52 @@ def load_config(
         allowed_keys=allowed,
         max_unwrap_attempts=attempts,
         origins=MappingProxyType({k: MappingProxyType(v) for k, v in origins.items()}),
+        audit=AuditSettings(
+            sinks=audit.get("sinks", ()),
+            sync=audit.get("audit_sync", DEFAULT_SYNC),
+            best_effort=audit.get("best_effort", False),
+        ),
     )
+
+
+def _file_audit(check: _Checker, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The file's ``[audit]`` table and top-level ``audit_sync`` (the same setting: they may
+    not disagree)."""
+    audit = check.audit("", data["audit"]) if "audit" in data else {}
+    if "audit_sync" in data:
+        top = check.sync("", data["audit_sync"])
+        if audit.get("audit_sync", top) != top:
+            raise check.fail(
+                "",
+                "audit_sync",
+                f"{top!r} disagrees with [audit] audit_sync = {audit['audit_sync']!r} "
+                "(the same setting: keep one)",
+            )
+        audit["audit_sync"] = top
+    return audit
+
+
+def _env_audit(audit: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Apply ``KMSENVELOPE_AUDIT_SINKS`` / ``_SYNC`` / ``_BEST_EFFORT`` over the file's."""
+    if env.get(AUDIT_SINKS_ENV):
+        sinks = tuple(s.strip() for s in env[AUDIT_SINKS_ENV].split(",") if s.strip())
+        for spec in sinks:
+            problem = _sink_problem(spec)
+            if problem:
+                raise ConfigError(f"environment variable {AUDIT_SINKS_ENV}: {problem}")
+        audit["sinks"] = sinks
+    if env.get(AUDIT_SYNC_ENV):
+        audit["audit_sync"] = parse_sync_mode(
+            env[AUDIT_SYNC_ENV].strip(), source=f"environment variable {AUDIT_SYNC_ENV}"
+        )
+    if env.get(AUDIT_BEST_EFFORT_ENV):
+        raw = env[AUDIT_BEST_EFFORT_ENV].strip().lower()
+        if raw not in _BOOLEANS:
+            raise ConfigError(
+                f"environment variable {AUDIT_BEST_EFFORT_ENV}: must be true, false, 1 or 0, "
+                f"not {env[AUDIT_BEST_EFFORT_ENV]!r}"
+            )
+        audit["best_effort"] = _BOOLEANS[raw]
 
 
 def _attempts_from_env(raw: str) -> int:

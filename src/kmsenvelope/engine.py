@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
+from .auditing import AuditSinkError, AuditTrail
 from .cache import DataKeyCache
 from .config import Config, load_config
 from .errors import (
@@ -98,6 +99,11 @@ class Engine:
 
     ``max_unwrap_attempts`` (default: the config's, 8) caps the provider unwrap calls one
     envelope can cause. An ``Engine`` is thread-safe; opened KEKs are kept in a bounded LRU.
+
+    ``audit`` (default: built from the config's ``[audit]`` table on first use) records one
+    event per ``wrap`` and ``unwrap`` call -- KEKs passed in code included, failed attempts
+    with their error class -- and fails the operation when a sink fails (unless best effort):
+    a data key whose unwrap could not be recorded is never returned nor used.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class Engine:
         allow: Sequence[str] = (),
         trusted_keys: Sequence[str] = (),
         max_unwrap_attempts: int | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._trust_settings = TrustSettings.checked(
             allowed_keys, allow, trusted_keys, max_unwrap_attempts
@@ -124,6 +131,7 @@ class Engine:
         self._cache: LruCache[KeyEncryptionKey] = LruCache(KEK_CACHE_SIZE)
         self._lock = threading.Lock()
         self._trust: TrustPolicy | None = None
+        self._audit = audit
 
     @property
     def registry(self) -> ProviderRegistry:
@@ -162,6 +170,18 @@ class Engine:
             if self._trust is None:
                 self._trust = policy
             return self._trust
+
+    @property
+    def audit(self) -> AuditTrail:
+        """Where provider calls are recorded (built from the config on first use)."""
+        trail = self._audit
+        if trail is not None:
+            return trail
+        built = AuditTrail.from_config(self.config)  # unlocked: loading config may be slow
+        with self._lock:
+            if self._audit is None:
+                self._audit = built
+            return self._audit
 
     def key_allowed(self, uri: str) -> bool:
         """Whether ``uri`` may be opened through a provider to unwrap (see the class)."""
@@ -217,19 +237,15 @@ class Engine:
     def _wrap_one(
         self, kek: KeyEncryptionKey, dek: bytes, context: Mapping[str, str]
     ) -> WrappedKey:
+        """``kek.wrap``, checked and recorded (one audit event, ``ok`` or ``error``)."""
         try:
-            w = kek.wrap(dek, context)
+            with self.audit.call("wrap", kek.key_id, None, context):
+                w = kek.wrap(dek, context)
+                _check_wrapped(kek, w)
         except KmsEnvelopeError:
             raise
         except Exception as exc:
             raise ProviderError(f"{kek.key_id}: wrap failed: {_as_error(exc)}") from exc
-        if not isinstance(w, WrappedKey):
-            raise ProviderError(f"{kek.key_id}: wrap returned {type(w).__name__}, not WrappedKey")
-        if scheme_or_none(w.key_id) != w.provider:
-            raise ProviderError(
-                f"{kek.key_id}: wrap returned key id {w.key_id!r} that does not start with "
-                f"its provider {w.provider!r}"
-            )
         return w
 
     def _wrap_all(
@@ -303,20 +319,20 @@ class Engine:
     ) -> tuple[bytes, tuple[bytes, bytes]]:
         """``(dek, (payload_key, mac_key))`` from the first recipient that unwraps."""
         attempts = UnwrapAttempts(self.max_unwrap_attempts)
+        audit = self.audit
         for recipient in header.recipients:
             failures = attempts.recipient(recipient.key_id)
             for kek in self._keks_for(recipient, keys, failures):
                 if not attempts.spend(failures):
                     break
-                try:
-                    dek = kek.unwrap(recipient, header.context)
+                try:  # recorded before the data key is used; an unrecorded one is dropped
+                    with audit.call("unwrap", kek.key_id, None, header.context):
+                        dek = _checked_dek(kek.unwrap(recipient, header.context))
+                except AuditSinkError:
+                    raise
                 except Exception as exc:
                     failures.failed(_as_error(exc))
                     continue
-                if not isinstance(dek, bytes | bytearray) or len(dek) != DEK_SIZE:
-                    failures.failed(ProviderError("provider returned a data key of the wrong size"))
-                    continue
-                dek = bytes(dek)
                 derived = derive_keys(dek, header.nonce)
                 if not header.verify_mac(derived[1]):
                     raise AuthenticationError()
@@ -460,6 +476,24 @@ class Engine:
     ) -> EnvelopeInfo:
         """Read an envelope's header without any key."""
         return inspect_envelope(blob_or_file, self.limits)
+
+
+def _check_wrapped(kek: KeyEncryptionKey, w: object) -> None:
+    """``ProviderError`` unless ``w`` is a ``WrappedKey`` whose key id starts with its provider."""
+    if not isinstance(w, WrappedKey):
+        raise ProviderError(f"{kek.key_id}: wrap returned {type(w).__name__}, not WrappedKey")
+    if scheme_or_none(w.key_id) != w.provider:
+        raise ProviderError(
+            f"{kek.key_id}: wrap returned key id {w.key_id!r} that does not start with "
+            f"its provider {w.provider!r}"
+        )
+
+
+def _checked_dek(dek: object) -> bytes:
+    """What ``unwrap`` returned, as a data key; ``ProviderError`` if it is not one."""
+    if not isinstance(dek, bytes | bytearray) or len(dek) != DEK_SIZE:
+        raise ProviderError("provider returned a data key of the wrong size")
+    return bytes(dek)
 
 
 def check_context(envelope: Mapping[str, str], expected: Mapping[str, str] | None) -> None:

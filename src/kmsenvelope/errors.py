@@ -22,6 +22,7 @@
     │   ├── WrongPassphraseError        passphrase does not open keystore   exit 11
     │   └── KeystoreCorruptError        a keystore file fails to parse      exit 11
     ├── AuditLogError                   audit hash chain broken             exit 12
+    │   └── AuditSinkError              an audit sink failed (auditing/)    exit 12
     └── MigrationIncompleteError        some envelopes were not migrated    exit 13
 
 Each class states its exit code once, on its ``class`` line (``exit_code=N``); a subclass that
@@ -48,6 +49,7 @@ from typing import ClassVar
 __all__ = [
     "AccessDeniedError",
     "AuditLogError",
+    "AuditSinkError",
     "AuthenticationError",
     "ConfigError",
     "DecryptionError",
@@ -174,6 +176,11 @@ class KeystoreCorruptError(KeystoreError):
 
 class AuditLogError(KmsEnvelopeError, exit_code=12):
     """The audit log's hash chain is broken: an entry was edited, removed or reordered."""
+
+
+class AuditSinkError(AuditLogError):
+    """An audit sink could not take an event, so the operation it records did not complete
+    (exit code 12, as for any audit log failure)."""
 
 
 class MigrationIncompleteError(KmsEnvelopeError, exit_code=13):

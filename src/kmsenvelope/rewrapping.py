@@ -4,6 +4,8 @@ The data key is unwrapped through any recipient that works, wrapped for the new 
 header (same nonce, chunk size and context; new recipient list; new MAC) is written in front of
 the unchanged payload bytes. Every newly wrapped key is verified -- unwrapped again through a
 fresh KEK instance and checked against the new header's MAC -- before the result is returned.
+Every provider call -- the unwrap, each new wrap and each verifying unwrap -- is one audit event
+(``engine.audit``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
+from .auditing import AuditSinkError
 from .engine import Engine
 from .errors import AuthenticationError, ConfigError, ProviderError
 from .format.compact import ArmorWriter, open_envelope_stream, to_compact
@@ -193,10 +196,14 @@ def _verify(
     _payload_key, mac_key = derive_keys(dek, parsed.nonce)
     if not parsed.verify_mac(mac_key):
         raise AuthenticationError("re-wrapped header failed its own MAC check (not written)")
+    audit = engine.audit
     for wrapped, kek in fresh:
         verifier = _fresh(engine, wrapped, kek)
         try:
-            again = verifier.unwrap(wrapped, parsed.context)
+            with audit.call("unwrap", verifier.key_id, None, parsed.context):
+                again = verifier.unwrap(wrapped, parsed.context)
+        except AuditSinkError:
+            raise
         except Exception as exc:
             raise ProviderError(
                 f"{wrapped.key_id}: verification unwrap of the new recipient failed, nothing was "

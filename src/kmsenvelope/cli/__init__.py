@@ -4,9 +4,9 @@ Exit codes: 0 success; 1 other library error; 2 bad arguments or configuration; 
 not authenticate / is malformed; 4 no recipient could unwrap; 5 unknown provider scheme or
 plugin failure; 6 provider error; 7 provider unavailable or throttled; 8 access denied;
 9 key not found; 10 key disabled or destroyed; 11 keystore error (passphrase, corruption);
-12 audit log broken; 13 migration incomplete (some envelopes failed or changed during the
-job); 70 internal error (a bug: please report it); 130 interrupted (Ctrl-C; 129 for SIGHUP,
-143 for SIGTERM: 128 + the signal number, after the same clean-up).
+12 audit log broken or an audit sink failed; 13 migration incomplete (some envelopes failed or
+changed during the job); 70 internal error (a bug: please report it); 130 interrupted (Ctrl-C;
+129 for SIGHUP, 143 for SIGTERM: 128 + the signal number, after the same clean-up).
 
 Every line printed here goes through ``safe_text.printable``: key ids, contexts and reasons from
 an envelope or a key store cannot put control characters on the user's terminal or log.
@@ -176,6 +176,15 @@ def _configure_logging(verbose: int, registry: ProviderRegistry) -> None:
             logging.getLogger(name).setLevel(level)
     elif not root.handlers:
         root.addHandler(logging.NullHandler())  # no "last resort" printing of SDK warnings
+    if not (verbose or os.environ.get(DEBUG_ENV)):
+        # a best-effort audit sink that fails must be seen, even without -v
+        audit = logging.getLogger("kmsenvelope.audit")
+        if not audit.handlers:
+            handler = logging.StreamHandler()
+            handler.setLevel(logging.WARNING)
+            handler.setFormatter(SafeFormatter("kmsenvelope: warning: %(message)s"))
+            handler.addFilter(_end_status_line_first)
+            audit.addHandler(handler)
     for name in registry.silenced_loggers:  # last: a plugin's "own" logger cannot unsilence one
         logging.getLogger(name).setLevel(logging.WARNING)
 
