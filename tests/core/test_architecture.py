@@ -15,9 +15,9 @@ ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 # Rooms, lowest first: a module may import its own room or any room below it, never above.
 ROOMS: list[tuple[str, tuple[str, ...]]] = [
     ("boundary", ("errors", "kek")),
-    ("format", ("format", "settings", "safe_files")),
+    ("format", ("format", "settings", "safe_files", "durability")),
     ("pipeline and configuration", ("pipeline", "config", "memory")),
-    ("plugin host and trust", ("plugins", "hooks", "registration", "trust", "cache")),
+    ("plugin host and trust", ("plugins", "hooks", "registration", "trust", "cache", "auditing")),
     ("engine", ("engine", "inspection")),
     ("operations", ("rewrapping", "hazmat", "conformance")),
     ("local provider and migration", ("local", "migrate")),

@@ -17,7 +17,14 @@ from ..hooks import CommandContext, RegisterCommand
 from ..kek import scheme_of
 from .backup import read_backup
 from .keystore import KEY_TYPES, Keystore
-from .provider import ask_passphrase, keystore_dir, open_keystore, passphrase_from_env
+from .provider import (
+    ask_passphrase,
+    daemon_socket,
+    keystore_dir,
+    open_keystore,
+    passphrase_from_env,
+)
+from .remote import RemoteKeystore, client_for
 from .unlock import PASSPHRASE_ENV
 
 __all__ = ["BACKUP_PASSPHRASE_ENV", "register_commands"]
@@ -39,6 +46,22 @@ def _open_keystore(ctx: CommandContext, *, create: bool = False) -> Keystore:
     return open_keystore(ctx.config.provider_settings("local"))
 
 
+def _admin(ctx: CommandContext, *, create: bool = False) -> Keystore | RemoteKeystore:
+    """Where key administration happens: through the HSM daemon when a socket is configured
+    (``[providers.local] socket`` / ``KMSENVELOPE_HSM_SOCKET``), else the keystore itself."""
+    socket_path = daemon_socket(ctx.config.provider_settings("local"))
+    if socket_path is not None:
+        return RemoteKeystore(client_for(socket_path))
+    return _open_keystore(ctx, create=create)
+
+
+def _where(ctx: CommandContext) -> str:
+    socket_path = daemon_socket(ctx.config.provider_settings("local"))
+    if socket_path is not None:
+        return f"the HSM daemon at {socket_path}"
+    return str(_keystore_path(ctx))
+
+
 def _say(args: argparse.Namespace, text: str) -> None:
     if not args.quiet:
         print(text, file=sys.stderr)
@@ -54,8 +77,8 @@ def _create(ctx: CommandContext, args: argparse.Namespace) -> int:
             f"--type: invalid choice {key_type!r} for a local key (the local HSM makes "
             f"{' and '.join(KEY_TYPES)} keys)"
         )
-    info = _open_keystore(ctx, create=True).create_key(name, key_type)
-    _say(args, f"created {info.uri} ({info.type}, version {info.current}) in {_keystore_path(ctx)}")
+    info = _admin(ctx, create=True).create_key(name, key_type)
+    _say(args, f"created {info.uri} ({info.type}, version {info.current}) in {_where(ctx)}")
     print(info.uri)
     return 0
 
@@ -74,13 +97,13 @@ def _create_with_provider(ctx: CommandContext, args: argparse.Namespace) -> int:
 
 
 def _list(ctx: CommandContext, args: argparse.Namespace) -> int:
-    keys = _open_keystore(ctx).list_keys()
+    keys = _admin(ctx).list_keys()
     if args.json:
         json.dump([k.to_json() for k in keys], sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     if not keys:
-        _say(args, f"no keys in {_keystore_path(ctx)}")
+        _say(args, f"no keys in {_where(ctx)}")
         return 0
     print(f"{'URI':<32} {'TYPE':<8} {'STATE':<9} {'CURRENT':>7}  VERSIONS")
     for k in keys:
@@ -93,13 +116,13 @@ def _list(ctx: CommandContext, args: argparse.Namespace) -> int:
 
 
 def _rotate(ctx: CommandContext, args: argparse.Namespace) -> int:
-    info = _open_keystore(ctx).rotate(args.name)
+    info = _admin(ctx).rotate(args.name)
     _say(args, f"rotated {info.uri}: version {info.current} is now current")
     return 0
 
 
 def _set_enabled(ctx: CommandContext, args: argparse.Namespace, enabled: bool) -> int:
-    info = _open_keystore(ctx).set_enabled(args.name, enabled)
+    info = _admin(ctx).set_enabled(args.name, enabled)
     _say(args, f"{info.uri} is now {'enabled' if info.enabled else 'disabled'}")
     return 0
 
@@ -113,7 +136,7 @@ def _disable(ctx: CommandContext, args: argparse.Namespace) -> int:
 
 
 def _destroy(ctx: CommandContext, args: argparse.Namespace) -> int:
-    store = _open_keystore(ctx)
+    store = _admin(ctx)
     uri = f"local:{args.name}/{args.version}"
     found = store.destroy_check(args.name, args.version)  # missing or current: error now
     if found.state == "destroyed":
@@ -147,15 +170,21 @@ def _confirmed(prompt: str, expected: str) -> bool:
     return answer.strip() == expected
 
 
-def _backup_passphrase(*, new: bool) -> str:
+def _backup_passphrase(*, new: bool, remote: bool = False) -> str:
     """KMSENVELOPE_BACKUP_PASSPHRASE; else a prompt (confirmed when making a backup); else,
-    non-interactively, the keystore passphrase -- said out loud on stderr."""
+    non-interactively, the keystore passphrase -- said out loud on stderr (never through the
+    HSM daemon, whose clients do not know the keystore passphrase)."""
     explicit = os.environ.get(BACKUP_PASSPHRASE_ENV)
     if explicit:
         return explicit
     if sys.stdin.isatty():
         repeat = "Repeat backup passphrase: " if new else None
         return ask_passphrase("Backup passphrase: ", repeat=repeat)
+    if remote:
+        raise KeystoreError(
+            f"a backup through the HSM daemon needs its own passphrase: set "
+            f"{BACKUP_PASSPHRASE_ENV} (or run on a terminal to be asked)"
+        )
     keystore_passphrase = os.environ.get(PASSPHRASE_ENV)
     if not keystore_passphrase:
         raise KeystoreError(f"set {BACKUP_PASSPHRASE_ENV} (or run on a terminal to be asked)")
@@ -168,7 +197,10 @@ def _backup_passphrase(*, new: bool) -> str:
 
 
 def _backup(ctx: CommandContext, args: argparse.Namespace) -> int:
-    count = _open_keystore(ctx).backup(args.file, _backup_passphrase(new=True))
+    store = _admin(ctx)
+    count = store.backup(
+        args.file, _backup_passphrase(new=True, remote=isinstance(store, RemoteKeystore))
+    )
     _say(args, f"backed up {count} key(s) to {args.file}")
     return 0
 

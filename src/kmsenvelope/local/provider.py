@@ -1,14 +1,19 @@
 """The ``local`` provider: KEKs named ``local:NAME`` or ``local:NAME/VERSION``.
 
 Settings (``[providers.local]``, declared in ``LOCAL_SETTINGS``): ``keystore`` -- the keystore
-directory (also ``KMSENVELOPE_KEYSTORE``; default ``<user data dir>/kmsenvelope/keystore``); any
-other name is an error (a typo must not silently select the default keystore). The passphrase
-comes from ``KMSENVELOPE_KEYSTORE_PASSPHRASE`` or, on a terminal, a prompt.
+directory (also ``KMSENVELOPE_KEYSTORE``; default ``<user data dir>/kmsenvelope/keystore``);
+``socket`` -- use the keystore through the HSM daemon listening there (``kmsenvelope hsm serve``;
+also ``KMSENVELOPE_HSM_SOCKET``, which wins): this process then never reads the keystore nor
+needs its passphrase; ``audit_sync`` -- ``"always"`` or ``"batch"`` for the keystore's audit log
+(:mod:`kmsenvelope.durability`). Any other name is an error (a typo must not silently select the
+default keystore). The passphrase comes from ``KMSENVELOPE_KEYSTORE_PASSPHRASE`` or, on a
+terminal, a prompt.
 """
 
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
 import sys
 import threading
@@ -16,16 +21,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..durability import DEFAULT_SYNC, SYNC_ENV, SYNC_MODES, SyncMode, parse_sync_mode
 from ..errors import ConfigError, KeystoreError
 from ..kek import WrappedKey
 from ..settings import Setting, SettingsSchema
 from .keyfiles import VERSION_PATTERN, check_name
 from .keystore import Keystore
+from .remote import HSM_SOCKET_ENV, RemoteLocalKEK, client_for
 from .unlock import PASSPHRASE_ENV, check_passphrase_length
 
 __all__ = [
     "LOCAL_SETTINGS",
     "LocalKEK",
+    "audit_sync",
+    "daemon_socket",
     "default_keystore_dir",
     "factory",
     "keystore_dir",
@@ -48,6 +57,17 @@ LOCAL_SETTINGS = SettingsSchema(
             "keystore",
             "path",
             help="keystore directory (default: <user data dir>/kmsenvelope/keystore)",
+        ),
+        Setting(
+            "socket",
+            "path",
+            help="use the keys through the HSM daemon at this Unix socket (hsm serve)",
+        ),
+        Setting(
+            "audit_sync",
+            "string",
+            choices=SYNC_MODES,
+            help='when audit records reach the disk: "always" or "batch" (default)',
         ),
     ),
 )
@@ -98,9 +118,45 @@ def ask_secret(prompt: str) -> str:
         raise KeystoreError("no passphrase given (end of input at the prompt)") from None
 
 
+def audit_sync(settings: Mapping[str, Any]) -> SyncMode:
+    """The keystore audit log's durability: the setting, else ``KMSENVELOPE_AUDIT_SYNC``, else
+    the default (``batch``)."""
+    value = LOCAL_SETTINGS.parse(settings)["audit_sync"]
+    if value is None:
+        value = os.environ.get(SYNC_ENV) or DEFAULT_SYNC
+        return parse_sync_mode(value, source=SYNC_ENV)
+    return parse_sync_mode(value)
+
+
+def daemon_socket(settings: Mapping[str, Any]) -> Path | None:
+    """The HSM daemon's socket (``KMSENVELOPE_HSM_SOCKET``, else the ``socket`` setting), or
+    None to use the keystore in this process."""
+    value = os.environ.get(HSM_SOCKET_ENV) or LOCAL_SETTINGS.parse(settings)["socket"]
+    return Path(value).expanduser() if value else None
+
+
+_OPEN: dict[tuple[str, str, bytes, tuple[int, int]], Keystore] = {}
+_OPEN_LOCK = threading.Lock()
+
+
 def open_keystore(settings: Mapping[str, Any]) -> Keystore:
-    """Unlock the keystore the settings point at."""
-    return Keystore.open(keystore_dir(settings), passphrase_from_env())
+    """Unlock the keystore the settings point at; the keys of one keystore share one open
+    ``Keystore`` per process (one audit log descriptor, one group commit, one key cache)."""
+    directory = keystore_dir(settings)
+    sync = audit_sync(settings)
+    passphrase = passphrase_from_env()
+    try:  # a directory replaced by another keystore is another keystore
+        info = os.stat(directory)
+        identity = (info.st_dev, info.st_ino)
+    except OSError:
+        return Keystore.open(directory, passphrase, audit_sync=sync)  # its error, said there
+    digest = hashlib.sha256(passphrase.encode()).digest()
+    slot = (os.path.abspath(directory), sync, digest, identity)
+    with _OPEN_LOCK:
+        store = _OPEN.get(slot)
+        if store is None:
+            store = _OPEN[slot] = Keystore.open(directory, passphrase, audit_sync=sync)
+        return store
 
 
 def parse_uri(uri: str) -> tuple[str, int | None]:
@@ -158,7 +214,12 @@ class LocalKEK:
         return self.keystore.unwrap(self._name, wrapped, context)
 
 
-def factory(uri: str, settings: Mapping[str, Any]) -> LocalKEK:
-    """Provider factory for the ``local`` scheme (settings checked now, not at first use)."""
+def factory(uri: str, settings: Mapping[str, Any]) -> LocalKEK | RemoteLocalKEK:
+    """Provider factory for the ``local`` scheme (settings checked now, not at first use):
+    through the HSM daemon when a socket is configured, else the keystore in this process."""
     LOCAL_SETTINGS.parse(settings)
+    socket_path = daemon_socket(settings)
+    if socket_path is not None:
+        name, version = parse_uri(uri)
+        return RemoteLocalKEK(uri, name, version, client_for(socket_path))
     return LocalKEK(uri, settings)
