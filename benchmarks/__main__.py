@@ -10,8 +10,11 @@ Measured, encrypt and decrypt, each (subject, work, operation) in a fresh proces
 - in memory, 256 MiB from a ``BytesIO`` into a sink that discards: the bare single-thread
   ``cryptography`` AES-GCM loop (the baseline), kmsenvelope, Tink streaming, the AWS ESDK;
 - 1 KiB and 64 KiB messages: kmsenvelope with an in-process AES KEK, kmsenvelope through the
-  local software HSM (audit on), kmsenvelope with the data-key cache, Tink KmsEnvelopeAead with
-  a local KEK, the AWS ESDK (raw AES keyring; and its legacy raw master key), a bare envelope;
+  local software HSM in-process (audit on, ``audit_sync`` default ``batch``, and ``always``)
+  and through a real ``kmsenvelope hsm serve`` daemon, kmsenvelope with the data-key cache,
+  Tink KmsEnvelopeAead with a local KEK, the AWS ESDK (raw AES keyring; and its legacy raw
+  master key), a bare envelope; each run lasts ``--message-seconds`` (or, with ``--messages
+  N``, N messages), and every row also gets its ratio to kmsenvelope's in-process-KEK row;
 - peak RSS while streaming 2 GiB through kmsenvelope, reset after setup.
 
 Every timing is the median of ``--runs`` runs (after one warm-up run); every ratio divides two
@@ -19,7 +22,7 @@ medians from this run. File runs start after ``os.sync()`` with the output delet
 run's write-back does not slow the next, and each file subject's ratio uses a copy of the same
 file timed just before each of its runs, in the same process (a paired baseline). Prints the
 table; writes ``results/latest.json`` and ``results/latest.png``. ``--quick`` shrinks
-everything for a smoke run.
+everything for a smoke run; ``--only messages`` and ``--subjects a,b`` run a part.
 """
 
 from __future__ import annotations
@@ -48,12 +51,15 @@ MESSAGE_SUBJECTS = [
     "format-floor",
     "kmsenvelope",
     "kmsenvelope-local",
+    "kmsenvelope-local-always",
+    "kmsenvelope-hsm",
     "kmsenvelope-cache",
     "tink-envelope",
     "esdk",
     "esdk-masterkey",
 ]
-SLOW = {"esdk", "esdk-masterkey", "kmsenvelope-local"}  # milliseconds per message
+# Milliseconds per message: with a fixed --messages count they do a hundredth of it.
+SLOW = {"esdk", "esdk-masterkey", "kmsenvelope-local", "kmsenvelope-local-always"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,30 +69,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--file-mib", type=int, default=512, help="file size (default 512)")
     parser.add_argument("--memory-mib", type=int, default=256, help="in-memory size (256)")
     parser.add_argument("--rss-mib", type=int, default=2048, help="streamed for peak RSS (2048)")
-    parser.add_argument("--messages", type=int, default=20000, help="1 KiB messages per run")
+    parser.add_argument(
+        "--message-seconds",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="each message run lasts S seconds (default 1.0)",
+    )
+    parser.add_argument(
+        "--messages",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead: N 1 KiB messages per run (N/8 of 64 KiB, N/100 for slow subjects)",
+    )
     parser.add_argument("--runs", type=int, default=5, help="timed runs per measurement (5)")
     parser.add_argument(
         "--only",
         default="file,memory,messages,rss",
         help="comma-separated subset of: file, memory, messages, rss",
     )
+    parser.add_argument(
+        "--subjects",
+        default="",
+        metavar="LIST",
+        help="comma-separated subjects to measure (default: all), e.g. "
+        "kmsenvelope,kmsenvelope-local,kmsenvelope-local-always,kmsenvelope-hsm",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, 3 runs (smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
     if args.quick:
         args.file_mib, args.memory_mib, args.rss_mib = 32, 32, 64
-        args.messages, args.runs = 2000, 3
+        args.message_seconds, args.runs = 0.25, 3
+        if args.messages is not None:
+            args.messages = min(args.messages, 2000)
+    works = set(filter(None, args.only.split(",")))
+    unknown = works - {"file", "memory", "messages", "rss"}
+    if unknown:
+        parser.error(f"--only: unknown part(s): {', '.join(sorted(unknown))}")
+    known = {"copy", *FILE_SUBJECTS, *MEMORY_SUBJECTS, *MESSAGE_SUBJECTS, "kmsenvelope-local"}
+    picked = set(filter(None, args.subjects.split(",")))
+    if picked - known:
+        parser.error(f"--subjects: unknown: {', '.join(sorted(picked - known))}")
     return args
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.worker", json.dumps(task)],
-        cwd=ROOT.parent,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """One measurement in its own worker process; a worker that hangs is killed (its HSM
+    daemon, if any, follows it: see ``subjects.HsmDaemon``) and reported as an error."""
+    limit = 1800 + 10 * task.get("runs", 1) * task.get("seconds", 0)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.worker", json.dumps(task)],
+            cwd=ROOT.parent,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=limit,
+        )
+    except subprocess.TimeoutExpired:
+        result = {"error": f"worker killed after {limit:g} s"}
+        result.update({k: task[k] for k in ("work", "op", "subject")})
+        return result
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
         result: dict[str, Any] = {"error": f"worker exited {proc.returncode}: {proc.stderr[-800:]}"}
@@ -104,6 +149,10 @@ def progress(result: dict[str, Any]) -> None:
         print(f"  {what} skipped: {result['skipped']}", flush=True)
     elif "error" in result:
         print(f"  {what} ERROR: {result['error']}", flush=True)
+    elif "counts" in result:
+        pairs = zip(result["counts"], result["times"], strict=True)
+        rates = ", ".join(f"{n / t:,.0f}" for n, t in pairs)
+        print(f"  {what} msg/s: {rates}", flush=True)
     elif "times" in result:
         times = ", ".join(f"{t * 1000:.0f}" for t in result["times"])
         print(f"  {what} ms: {times}", flush=True)
@@ -121,24 +170,30 @@ def write_source(path: Path, mib: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     works = set(args.only.split(","))
+    picked = set(filter(None, args.subjects.split(",")))
+
+    def wanted(subject: str) -> bool:
+        return not picked or subject in picked
+
     results: list[dict[str, Any]] = []
     rss: list[dict[str, Any]] = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="kmsenvelope-bench-") as tmp:
         source = Path(tmp) / "plain"
-        write_source(source, max(args.file_mib, args.memory_mib))
+        if works & {"file", "memory"}:  # the messages and RSS parts read no source
+            write_source(source, max(args.file_mib, args.memory_mib))
         file_source = source
         common = {"source": str(file_source), "tmp": tmp, "runs": args.runs}
         plan: list[dict[str, Any]] = []
         if "file" in works:
             subjects = [*FILE_SUBJECTS, "copy"]  # the baseline before and after the others
-            for subject in subjects:
+            for subject in filter(wanted, subjects):
                 for op in ("encrypt", "decrypt"):
                     if subject == "copy" and op == "decrypt":
                         continue
                     plan.append({**common, "work": "file", "op": op, "subject": subject})
         if "memory" in works:
-            for subject in MEMORY_SUBJECTS:
+            for subject in filter(wanted, MEMORY_SUBJECTS):
                 for op in ("encrypt", "decrypt"):
                     plan.append(
                         {
@@ -150,12 +205,15 @@ def main(argv: list[str] | None = None) -> None:
                         }
                     )
         if "messages" in works:
+            fixed = args.messages
             for size, work, count in (
-                (1024, "messages-1k", args.messages),
-                (65536, "messages-64k", max(args.messages // 8, 50)),
+                (1024, "messages-1k", fixed),
+                (65536, "messages-64k", None if fixed is None else max(fixed // 8, 50)),
             ):
-                for subject in MESSAGE_SUBJECTS:
-                    n = max(count // 100, 20) if subject in SLOW else count
+                for subject in filter(wanted, MESSAGE_SUBJECTS):
+                    amount: dict[str, Any] = {"seconds": args.message_seconds}
+                    if count is not None:
+                        amount = {"count": max(count // 100, 20) if subject in SLOW else count}
                     for op in ("encrypt", "decrypt"):
                         plan.append(
                             {
@@ -164,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                                 "op": op,
                                 "subject": subject,
                                 "size": size,
-                                "count": n,
+                                **amount,
                             }
                         )
         if "file" in works and args.file_mib != max(args.file_mib, args.memory_mib):
@@ -175,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
             progress(result)
             results.append(result)
         if "rss" in works:
-            for subject in ("kmsenvelope", "kmsenvelope-local"):
+            for subject in filter(wanted, ("kmsenvelope", "kmsenvelope-local")):
                 task = {
                     "work": "rss",
                     "op": "stream",

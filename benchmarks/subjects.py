@@ -244,27 +244,207 @@ class KmsEnvelope(Subject):
         return self.engine.decrypt(blob)
 
 
+# A keystore KDF cheap enough to unlock in milliseconds (the tests' own): what is measured is
+# the per-message path, not the one-time memory-hard unlock.
+FAST_KDF = {"name": "argon2id", "iterations": 1, "memory_kib": 8192, "lanes": 1}
+PASSPHRASE = "benchmark passphrase"
+
+
+def _without_kmsenvelope_env() -> None:
+    """Drop every ``KMSENVELOPE_*`` variable from this process, so that the caller's
+    environment (a daemon socket, an audit setting or sink, a config file) cannot change what
+    a local subject measures: each one states its settings itself."""
+    for name in [n for n in os.environ if n.startswith("KMSENVELOPE_")]:
+        del os.environ[name]
+
+
+def _new_keystore(prefix: str) -> Path:
+    """A fresh keystore with key ``bench`` in a temporary folder removed at exit."""
+    from kmsenvelope.local.keystore import Keystore
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    store = folder / "keystore"
+    keystore = Keystore.create(store, PASSPHRASE, kdf=FAST_KDF)
+    keystore.create_key("bench")
+    keystore.close()
+    return store
+
+
 class KmsEnvelopeLocalHsm(KmsEnvelope):
-    """kmsenvelope through the local software HSM provider (keystore on disk, audit log on)."""
+    """kmsenvelope through the local software HSM provider in this process: keystore on disk,
+    audit log on, with the default audit durability (``batch``: group commit)."""
 
     name = "kmsenvelope local HSM"
-    note = "local: provider, audit on (one audit record per wrap/unwrap)"
+    note = "local: provider in-process, audit on, audit_sync default (batch)"
+    settings: dict[str, str] = {}  # noqa: RUF012 - read only
 
     def __init__(self) -> None:
         from kmsenvelope import Engine, ProviderRegistry
         from kmsenvelope.config import Config
-        from kmsenvelope.local.keystore import Keystore
 
-        self._dir = tempfile.mkdtemp(prefix="kmsenvelope-bench-ks-")
-        atexit.register(shutil.rmtree, self._dir, True)
-        passphrase = "benchmark passphrase"
-        store = Path(self._dir) / "keystore"
-        Keystore.create(store, passphrase).create_key("bench")
-        os.environ["KMSENVELOPE_KEYSTORE_PASSPHRASE"] = passphrase
-        config = Config(providers={"local": {"keystore": str(store)}})
+        _without_kmsenvelope_env()
+        store = _new_keystore("kmsenvelope-bench-ks-")
+        os.environ["KMSENVELOPE_KEYSTORE_PASSPHRASE"] = PASSPHRASE
+        local = {"keystore": str(store), **self.settings}
+        config = Config(providers={"local": local})
+        self.engine = Engine(registry=ProviderRegistry.load(), config=config)
+        kek = self.engine.open_key("local:bench")
+        self.to = [kek]
+        self.engine.encrypt(b"unlock", self.to)  # the one-time unlock, outside the timing
+        # At exit, before the folder is removed (atexit runs last-registered first): flush the
+        # audit log and stop its group-commit thread.
+        atexit.register(kek.keystore.close)  # type: ignore[attr-defined]
+
+
+class KmsEnvelopeLocalAlways(KmsEnvelopeLocalHsm):
+    """As ``kmsenvelope-local`` with ``audit_sync = "always"``: one fsync per operation."""
+
+    name = "kmsenvelope local HSM, audit always"
+    note = 'local: provider in-process, audit_sync = "always" (an fsync per record)'
+    settings = {"audit_sync": "always"}  # noqa: RUF012 - read only
+
+
+class HsmDaemon:
+    """A real ``kmsenvelope hsm serve`` child process on a socket in a temporary folder.
+
+    It never outlives this process: stopped (SIGTERM, then SIGKILL) at exit, and on Linux the
+    kernel sends it SIGTERM if this process dies without running its exit handlers
+    (``PR_SET_PDEATHSIG``). Its stderr goes to a file, quoted if it fails to start.
+    """
+
+    def __init__(self, store: Path, *, profile: str | None = None) -> None:
+        import subprocess
+        import sys
+
+        folder = store.parent
+        self.socket = folder / "hsm.sock"
+        empty = folder / "config.toml"
+        empty.write_text("")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KMSENVELOPE_")}
+        env.update(
+            KMSENVELOPE_CONFIG=str(empty),  # no user configuration: the defaults
+            KMSENVELOPE_KEYSTORE=str(store),
+            KMSENVELOPE_KEYSTORE_PASSPHRASE=PASSPHRASE,
+            KMSENVELOPE_PLUGINS="local",
+        )
+        command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), sys.executable]
+        if profile:  # a folder: each thread's CPU-time profile, written as the thread ends
+            command += ["-c", _PROFILE_THREADS, profile, "kmsenvelope"]
+        else:
+            command += ["-m", "kmsenvelope"]
+        command += ["hsm", "serve", "--socket", str(self.socket)]
+        self.log = folder / "daemon.log"
+        with self.log.open("wb") as err:
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        atexit.register(self.stop)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        import socket
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"hsm serve exited {self.process.returncode}: {self._tail()}")
+            if self.socket.exists():
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    try:
+                        probe.connect(str(self.socket))
+                        return
+                    except OSError:
+                        pass
+            time.sleep(0.05)
+        raise RuntimeError(f"hsm serve did not listen within {timeout:g} s: {self._tail()}")
+
+    def _tail(self) -> str:
+        try:
+            return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-3:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """SIGTERM and wait (SIGKILL after 20 s); idempotent."""
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# Run as ``python -c _DIE_WITH_PARENT PARENT_PID COMMAND...``: on Linux, ask the kernel for
+# SIGTERM when the parent dies (PR_SET_PDEATHSIG survives exec), give up if it is already gone,
+# then become COMMAND. (Not a ``preexec_fn``: the parent may already run threads.)
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+# Run as ``python -c _PROFILE_THREADS OUT_DIR kmsenvelope ARGS...`` (``benchmarks.profiling
+# --daemon``): ``python -m kmsenvelope ARGS`` with every thread under its own cProfile in CPU
+# time (cProfile sees only the thread that enables it), dumped to OUT_DIR as the thread ends.
+_PROFILE_THREADS = """
+import cProfile, os, runpy, sys, threading, time
+out = sys.argv[1]
+def dump(profile, name):
+    profile.disable()
+    profile.dump_stats(os.path.join(out, f"{name}-{threading.get_ident()}.prof"))
+original = threading.Thread.run
+def run(self):
+    profile = cProfile.Profile(time.thread_time)
+    profile.enable()
+    try:
+        original(self)
+    finally:
+        dump(profile, "thread")
+threading.Thread.run = run
+main = cProfile.Profile(time.thread_time)
+sys.argv = sys.argv[2:]
+main.enable()
+try:
+    runpy.run_module("kmsenvelope", run_name="__main__", alter_sys=True)
+finally:
+    dump(main, "main")
+"""
+
+
+class KmsEnvelopeHsmDaemon(KmsEnvelope):
+    """kmsenvelope through the local HSM daemon (``kmsenvelope hsm serve``): this process is
+    its one client, single-threaded, and holds no keystore, passphrase or key material."""
+
+    name = "kmsenvelope via HSM daemon"
+    note = "local: provider through hsm serve over a Unix socket, daemon audit default (batch)"
+
+    def __init__(self) -> None:
+        from kmsenvelope import Engine, ProviderRegistry
+        from kmsenvelope.config import Config
+
+        _without_kmsenvelope_env()
+        store = _new_keystore("kmsenvelope-bench-hsm-")
+        self.daemon = HsmDaemon(store, profile=os.environ.get("BENCH_DAEMON_PROFILE"))
+        config = Config(providers={"local": {"socket": str(self.daemon.socket)}})
         self.engine = Engine(registry=ProviderRegistry.load(), config=config)
         self.to = [self.engine.open_key("local:bench")]
-        self.engine.encrypt(b"unlock", self.to)  # the one-time, memory-hard unlock
+        self.engine.encrypt(b"connect", self.to)
 
 
 class KmsEnvelopeCached(KmsEnvelope):
@@ -441,6 +621,8 @@ SUBJECTS: dict[str, type[Subject]] = {
     "format-floor": FormatFloor,
     "kmsenvelope": KmsEnvelope,
     "kmsenvelope-local": KmsEnvelopeLocalHsm,
+    "kmsenvelope-local-always": KmsEnvelopeLocalAlways,
+    "kmsenvelope-hsm": KmsEnvelopeHsmDaemon,
     "kmsenvelope-cache": KmsEnvelopeCached,
     "esdk": Esdk,
     "esdk-masterkey": EsdkMasterKey,

@@ -154,25 +154,50 @@ def run_memory(subject: Any, task: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_messages(subject: Any, task: dict[str, Any]) -> dict[str, Any]:
+    """Seal or open one message again and again: ``count`` times per run, or, with
+    ``seconds``, for that long per run (the clock read every ``STRIDE`` messages), so that
+    slow and fast subjects alike are timed over the same stretch of wall-clock time."""
     message = os.urandom(task["size"])
-    count = task["count"]
     sealed = subject.seal(message)
     if subject.open(sealed) != message:
         raise AssertionError("decryption did not return the message")
-    if task["op"] == "encrypt":
-        seal = subject.seal
+    call = subject.seal if task["op"] == "encrypt" else subject.open
+    arg = message if task["op"] == "encrypt" else sealed
+    seconds = task.get("seconds")
+    if not seconds:
+        count = task["count"]
 
         def batch() -> None:
             for _ in range(count):
-                seal(message)
-    else:
-        open_ = subject.open
+                call(arg)
 
-        def batch() -> None:
-            for _ in range(count):
-                open_(sealed)
+        return {"times": timed(batch, task["runs"]), "count": count, "bytes": task["size"]}
+    times: list[float] = []
+    counts: list[int] = []
+    for i in range(task["runs"] + 1):  # the first run is the untimed warm-up
+        elapsed, n = for_duration(call, arg, seconds)
+        if i:
+            times.append(elapsed)
+            counts.append(n)
+    return {"times": times, "counts": counts, "seconds": seconds, "bytes": task["size"]}
 
-    return {"times": timed(batch, task["runs"]), "count": count, "bytes": task["size"]}
+
+STRIDE = 16
+
+
+def for_duration(call: Callable[[Any], object], arg: Any, seconds: float) -> tuple[float, int]:
+    """Call ``call(arg)`` for at least ``seconds``; (elapsed seconds, number of calls)."""
+    clock = time.perf_counter
+    start = clock()
+    deadline = start + seconds
+    n = 0
+    while True:
+        for _ in range(STRIDE):
+            call(arg)
+        n += STRIDE
+        now = clock()
+        if now >= deadline:
+            return now - start, n
 
 
 def run_rss(subject: Any, task: dict[str, Any]) -> dict[str, Any]:

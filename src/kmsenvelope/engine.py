@@ -131,6 +131,7 @@ class Engine:
         self._cache: LruCache[KeyEncryptionKey] = LruCache(KEK_CACHE_SIZE)
         self._lock = threading.Lock()
         self._trust: TrustPolicy | None = None
+        self._settings_checked: set[str] = set()
         self._audit = audit
 
     @property
@@ -294,9 +295,11 @@ class Engine:
             except UnknownSchemeError as exc:
                 failures.skipped(str(exc))
                 return
-            schema = self.registry.schemas.get(scheme)
-            if schema is not None:  # the user's own settings: a mistake there is a ConfigError
-                schema.parse(self.config.provider_settings(scheme))
+            if scheme not in self._settings_checked:
+                schema = self.registry.schemas.get(scheme)
+                if schema is not None:  # the user's own settings: a mistake is a ConfigError
+                    schema.parse(self.config.provider_settings(scheme))
+                self._settings_checked.add(scheme)  # the config is immutable: once is enough
         if not self.key_allowed(recipient.key_id):
             failures.skipped(f"{recipient.key_id}: {self.trust.refusal(recipient.key_id)}")
             return

@@ -22,12 +22,13 @@ import stat
 import struct
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..auditing.events import Operation
+from ..auditing.trail import AuditTrail
 from ..errors import AccessDeniedError, ConfigError, KmsEnvelopeError
 from .keystore import KEY_TYPES, Keystore
 from .provider import parse_uri
@@ -54,9 +55,6 @@ IDLE_TIMEOUT = 300.0
 """Seconds a connection may stay silent (or stall mid-frame) before the daemon closes it."""
 MAX_CONNECTIONS = 64
 LISTEN_FDS_START = 3  # systemd socket activation (sd_listen_fds)
-
-AuditHook = Callable[[Operation, str, str, "BaseException | None", dict[str, str], "Peer"], None]
-"""``(operation, key id, provider, error or None, context, peer)``: one event per wrap/unwrap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +203,7 @@ class HsmServer:
         listener: socket.socket,
         policy: PeerPolicy,
         *,
-        audit: AuditHook | None = None,
+        audit: AuditTrail | None = None,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self._keystore = keystore
@@ -353,24 +351,19 @@ class HsmServer:
     def _crypto(self, request: Request, peer: Peer) -> Any:
         uri, payload, context = request.args
         name, version = parse_uri(uri)
-        operation: Operation = "wrap" if request.op == Op.WRAP else "unwrap"
-        key_id = uri if request.op == Op.WRAP else payload.key_id
-        error: BaseException | None = None
-        try:
-            if request.op == Op.WRAP:
-                result: Any = self._keystore.wrap(
-                    name, version, payload, context, peer=(peer.uid, peer.pid)
-                )
-                key_id = result.key_id
-            else:
-                result = self._keystore.unwrap(name, payload, context, peer=(peer.uid, peer.pid))
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            if self._audit is not None:
-                self._audit(operation, key_id, "local", error, context, peer)
-        return result
+        who = (peer.uid, peer.pid)
+        wrapping = request.op == Op.WRAP
+        operation: Operation = "wrap" if wrapping else "unwrap"
+        key_id = uri if wrapping else payload.key_id
+        call = (
+            contextlib.nullcontext()
+            if self._audit is None
+            else self._audit.call(operation, key_id, "local", context, peer=who)
+        )
+        with call:  # one event to the configured sinks, ok or error, with the peer
+            if wrapping:
+                return self._keystore.wrap(name, version, payload, context, peer=who)
+            return self._keystore.unwrap(name, payload, context, peer=who)
 
     def _backup(self, passphrase: str) -> bytes:
         """The encrypted backup file's bytes (written in a private directory, then removed)."""

@@ -19,10 +19,10 @@ import socket
 import sys
 from pathlib import Path
 
-from ..auditing.events import Operation
+from ..auditing.trail import AuditTrail
 from ..errors import ConfigError, KeystoreError
 from ..hooks import CommandContext, RegisterCommand
-from .daemon import AuditHook, HsmServer, Peer, PeerPolicy, bind_socket, inherited_socket
+from .daemon import HsmServer, PeerPolicy, bind_socket, inherited_socket
 from .keystore import Keystore
 from .provider import audit_sync, keystore_dir, passphrase_from_env
 from .unlock import PASSPHRASE_ENV
@@ -121,8 +121,7 @@ def _serve(ctx: CommandContext, args: argparse.Namespace) -> int:
             path = Path(args.socket).absolute()
             listener = bind_socket(path, group)
             created = path  # ours to remove at the end (never what a refused start found)
-        trail = _audit_trail(ctx)
-        server = HsmServer(keystore, listener, policy, audit=trail)
+        server = HsmServer(keystore, listener, policy, audit=AuditTrail.from_config(ctx.config))
         _logging()
         where = created if created is not None else "the socket systemd passed"
         log.info(
@@ -147,25 +146,6 @@ def _serve(ctx: CommandContext, args: argparse.Namespace) -> int:
             if created is not None:
                 with contextlib.suppress(FileNotFoundError):
                     created.unlink()
-
-
-def _audit_trail(ctx: CommandContext) -> AuditHook:
-    """The audit hook sending the daemon's events, with the peer, to the configured sinks."""
-    from ..auditing.trail import AuditTrail
-
-    trail = AuditTrail.from_config(ctx.config)
-
-    def record(
-        operation: Operation,
-        key_id: str,
-        provider: str,
-        error: BaseException | None,
-        context: dict[str, str],
-        peer: Peer,
-    ) -> None:
-        trail.record(operation, key_id, provider, context, error=error, peer=(peer.uid, peer.pid))
-
-    return record
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
