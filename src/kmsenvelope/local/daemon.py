@@ -175,7 +175,12 @@ def inherited_socket() -> socket.socket | None:
         return None
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
-    sock = socket.socket(fileno=LISTEN_FDS_START)
+    try:
+        sock = socket.socket(fileno=LISTEN_FDS_START)
+    except OSError as exc:
+        raise ConfigError(
+            f"LISTEN_FDS is set but descriptor {LISTEN_FDS_START} is not a socket ({exc.strerror})"
+        ) from None
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
         raise ConfigError("the socket systemd passed is not a Unix stream socket")
     return sock
