@@ -214,7 +214,7 @@ def test_local_typo_is_an_error_not_the_default_keystore(tmp_path: Path) -> None
     )
     with pytest.raises(ConfigError, match="did you mean 'keystore'"):
         Engine(config=load_config(path, env={})).open_key("local:k")
-    assert LOCAL_SETTINGS.names == ("keystore", "socket", "audit_sync")
+    assert LOCAL_SETTINGS.names == ("keystore", "socket", "daemon_uid", "audit_sync")
     assert keystore_dir({"keystore": str(tmp_path)}) == tmp_path
 
 

@@ -321,3 +321,87 @@ def test_passphrase_never_on_the_command_line(store: Path, sock: Path) -> None:
         assert PASSPHRASE.encode() not in cmdline
         environ = Path(f"/proc/{d.process.pid}/environ").read_bytes()
         assert PASSPHRASE.encode() not in environ
+
+
+def _impostor(directory: Path, uid: int) -> tuple[Path, int, int]:
+    """A process running as ``uid`` listening at ``directory``/hsm.sock that reports how many
+    bytes a client sent it (through a pipe): (socket path, pid, read end of the pipe)."""
+    path = directory / "hsm.sock"
+    read, write = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to uid, listen, count what arrives
+        try:
+            os.close(read)
+            os.close(ready_r)
+            os.setgid(uid)
+            os.setuid(uid)
+            import socket as sockets
+
+            listener = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+            listener.bind(str(path))
+            listener.listen(4)
+            os.write(ready_w, b"x")
+            listener.settimeout(20)
+            conn, _ = listener.accept()
+            conn.settimeout(3)
+            received = 0
+            try:
+                while chunk := conn.recv(65536):
+                    received += len(chunk)
+            except OSError:
+                pass
+            os.write(write, str(received).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"x"
+    os.close(ready_r)
+    return path, pid, read
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a listener as another uid")
+@pytest.mark.parametrize("configured", [False, True])
+def test_a_process_that_is_not_the_daemon_gets_no_data_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, configured: bool
+) -> None:
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(dir="/tmp"))  # owned by root; anyone may create in it
+    shared.chmod(0o777)
+    try:
+        path, pid, read = _impostor(shared, 65534)
+        _client_env(monkeypatch, path)
+        if configured:  # told that uid 65534 is the daemon: then it is talked to
+            config = tmp_path / "c.toml"
+            config.write_text("[providers.local]\ndaemon_uid = 65534\n")
+            monkeypatch.setenv("KMSENVELOPE_CONFIG", str(config))
+        engine = _engine()
+        if configured:
+            kek = engine.open_key("local:k")
+            kek._client._timeout = 1  # type: ignore[attr-defined]
+            with pytest.raises(kmsenvelope.KmsEnvelopeError):  # it never answers
+                engine.encrypt(b"secret", to=[kek])
+        else:
+            with pytest.raises(AccessDeniedError, match="runs as uid 65534, not as the HSM daemon"):
+                engine.encrypt(b"secret", to=["local:k"])
+        kmsenvelope.local.remote.client_for(path).close()
+        os.waitpid(pid, 0)
+        received = int(os.read(read, 32) or b"0")
+        os.close(read)
+    finally:
+        import shutil
+
+        shutil.rmtree(shared, ignore_errors=True)
+    if configured:
+        assert received > 32  # a wrap request, data key included, was sent
+    else:
+        assert received == 0  # refused before a single byte was sent
+
+
+def test_a_relative_socket_path_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _client_env(monkeypatch, Path("hsm.sock"))
+    monkeypatch.setenv("KMSENVELOPE_HSM_SOCKET", "run/hsm.sock")
+    with pytest.raises(kmsenvelope.ConfigError, match="absolute path"):
+        _engine().encrypt(b"x", to=["local:k"])

@@ -33,7 +33,7 @@ from hsm_hostile_support import (
 from hsm_support import Daemon
 from local_support import PASSPHRASE, assert_cli_error, encodings, run_cli
 
-from kmsenvelope.errors import AccessDeniedError
+from kmsenvelope.errors import AccessDeniedError, ProviderUnavailableError
 from kmsenvelope.kek import WrappedKey
 from kmsenvelope.local import Keystore
 from kmsenvelope.local.remote import HsmClient
@@ -223,23 +223,24 @@ def test_idle_connections_are_capped_and_service_resumes_when_they_close(daemon:
     early = HsmClient(daemon.socket_path, timeout=10)
     dek = os.urandom(32)
     wrapped = early.call(Op.WRAP, "local:k", dek, CTX)  # connected before the flood
-    idle = [RawPeer(daemon.socket_path) for _ in range(100)]
+    # One user may hold MAX_CONNECTIONS_PER_UID (128) of the daemon's 256 connections.
+    idle = [RawPeer(daemon.socket_path) for _ in range(200)]
     try:
         refused: list[RawPeer] = []
 
         def count_refusals() -> bool:
             for peer in idle:
                 if peer not in refused and peer.readable(0):
-                    peer.expect_refusal("AccessDeniedError", "too many connections")
+                    peer.expect_refusal("ProviderUnavailableError", "too many connections")
                     refused.append(peer)
-            return len(refused) >= 100 - 64 - 1  # the early client holds one slot
+            return len(refused) >= 200 - 128 + 1  # the early client holds one slot
 
         eventually(count_refusals, what="the connections over the cap to be refused")
         time.sleep(0.3)
         count_refusals()
-        assert len(refused) == 100 - 63, "exactly the connections over 64 are refused"
-        # the 65th-and-later connection: a clean refusal, not a hang
-        with pytest.raises(AccessDeniedError, match="too many connections"):
+        assert len(refused) == 200 - 127, "exactly this user's connections over 128 are refused"
+        # over the cap: a clean "unavailable, try again" (exit 7), not a hang, not "denied"
+        with pytest.raises(ProviderUnavailableError, match="too many connections"):
             round_trip(daemon.socket_path)
         # a client connected before the flood is still served
         assert early.call(Op.UNWRAP, "local:k", wrapped, CTX) == dek
@@ -251,7 +252,7 @@ def test_idle_connections_are_capped_and_service_resumes_when_they_close(daemon:
     def serves() -> bool:
         try:
             round_trip(daemon.socket_path)
-        except AccessDeniedError:
+        except ProviderUnavailableError:
             return False
         return True
 

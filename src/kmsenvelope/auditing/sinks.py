@@ -122,6 +122,11 @@ class JsonlSink:
         fd = open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600, refuse=_REFUSE)
         try:
             st = os.fstat(fd)
+            if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+                raise _Refused(  # others could edit the trail: an audit log is not shared
+                    f"{self.path} is writable by group or others, or owned by another user "
+                    f"(uid {st.st_uid}): an audit log must be yours and not writable by others"
+                )
             if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
                 _write_all(fd, b"\n")
             if not existed:  # the new name must survive a power cut too

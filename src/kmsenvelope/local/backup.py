@@ -48,10 +48,14 @@ def check_backup_target(target: str | os.PathLike[str], passphrase: str) -> None
 
 
 def write_backup(
-    files: KeyFiles, meta: Mapping[str, Any], target: str | os.PathLike[str], passphrase: str
-) -> int:
+    files: KeyFiles,
+    meta: Mapping[str, Any],
+    target: str | os.PathLike[str] | None,
+    passphrase: str,
+) -> tuple[int, bytes]:
     """Write every key of ``files`` (all versions) to an encrypted backup at ``target``;
-    return the key count (the caller holds the keystore's lock).
+    return the key count and, when ``target`` is None, the backup itself (never written to
+    any file: the HSM daemon hands it to its admin client). The caller holds the lock.
 
     ``target`` is replaced atomically only if it is a regular file or absent; a symbolic link
     has the file it names replaced; a device, FIFO, socket or directory is refused.
@@ -82,9 +86,12 @@ def write_backup(
         nonce, plain, BACKUP_FORMAT.encode()
     )
     out = {"format": BACKUP_FORMAT, "kdf": params, "nonce": b64(nonce), "ciphertext": b64(ct)}
+    data = json.dumps(out, indent=2).encode()
+    if target is None:
+        return len(keys), data
     target_path = replaceable_target(Path(target).expanduser(), "backup")
-    atomic_write(target_path, json.dumps(out, indent=2).encode(), refuse=KEYSTORE_FILES)
-    return len(keys)
+    atomic_write(target_path, data, refuse=KEYSTORE_FILES)
+    return len(keys), b""
 
 
 def read_backup(source: str | os.PathLike[str], passphrase: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from ..kek import scheme_of
 from .backup import read_backup
 from .keystore import KEY_TYPES, Keystore
 from .provider import (
+    LOCAL_SETTINGS,
     ask_passphrase,
     daemon_socket,
     keystore_dir,
@@ -49,9 +50,10 @@ def _open_keystore(ctx: CommandContext, *, create: bool = False) -> Keystore:
 def _admin(ctx: CommandContext, *, create: bool = False) -> Keystore | RemoteKeystore:
     """Where key administration happens: through the HSM daemon when a socket is configured
     (``[providers.local] socket`` / ``KMSENVELOPE_HSM_SOCKET``), else the keystore itself."""
-    socket_path = daemon_socket(ctx.config.provider_settings("local"))
+    settings = ctx.config.provider_settings("local")
+    socket_path = daemon_socket(settings)
     if socket_path is not None:
-        return RemoteKeystore(client_for(socket_path))
+        return RemoteKeystore(client_for(socket_path, LOCAL_SETTINGS.parse(settings)["daemon_uid"]))
     return _open_keystore(ctx, create=create)
 
 

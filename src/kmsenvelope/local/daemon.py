@@ -20,7 +20,6 @@ import os
 import socket
 import stat
 import struct
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any, BinaryIO
 
 from ..auditing.events import Operation
 from ..auditing.trail import AuditTrail
-from ..errors import AccessDeniedError, ConfigError, KmsEnvelopeError
+from ..errors import AccessDeniedError, ConfigError, KmsEnvelopeError, ProviderUnavailableError
 from .keystore import KEY_TYPES, Keystore
 from .provider import parse_uri
 from .wire import (
@@ -53,7 +52,14 @@ _SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 IDLE_TIMEOUT = 300.0
 """Seconds a connection may stay silent (or stall mid-frame) before the daemon closes it."""
-MAX_CONNECTIONS = 64
+FRAME_TIMEOUT = 10.0
+"""Seconds the rest of a frame may take once its first bytes arrived (a peer that trickles
+bytes cannot hold a connection for ever)."""
+SEND_TIMEOUT = 30.0
+"""Seconds an answer may wait for a peer that does not read its answers."""
+MAX_CONNECTIONS = 256
+MAX_CONNECTIONS_PER_UID = 128
+"""One user cannot take every connection: others keep half of them."""
 LISTEN_FDS_START = 3  # systemd socket activation (sd_listen_fds)
 
 
@@ -141,8 +147,13 @@ def bind_socket(path: Path, group: int | None = None) -> socket.socket:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(path))
-        except OSError:
+        except ConnectionRefusedError:
             path.unlink()  # nothing listens: a stale socket
+        except OSError as exc:
+            raise ConfigError(
+                f"--socket: cannot tell whether {path} is in use ({exc.strerror}); remove it "
+                "if no daemon serves it"
+            ) from None
         else:
             raise ConfigError(f"--socket: another daemon is serving {path}")
         finally:
@@ -157,9 +168,17 @@ def bind_socket(path: Path, group: int | None = None) -> socket.socket:
     finally:
         os.umask(old)
     if group is not None:
-        os.chown(path, -1, group)
-        os.chmod(path, 0o660)
-    sock.listen(128)
+        try:
+            os.chown(path, -1, group)
+            os.chmod(path, 0o660)
+        except OSError as exc:
+            sock.close()
+            path.unlink()
+            raise ConfigError(
+                f"--group: cannot give the socket to group {group} ({exc.strerror}): the "
+                "daemon's user must be a member of that group"
+            ) from None
+    sock.listen(1024)
     return sock
 
 
@@ -216,6 +235,8 @@ class HsmServer:
         self._policy = policy
         self._audit = audit
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._per_uid_cap = max(1, min(MAX_CONNECTIONS_PER_UID, max_connections // 2))
+        self._per_uid: dict[int, int] = {}
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._connections: set[socket.socket] = set()
@@ -248,6 +269,7 @@ class HsmServer:
                     except OSError as exc:
                         if exc.errno in (errno.EMFILE, errno.ENFILE):
                             log.warning("cannot accept a connection: %s", exc.strerror)
+                            self._stop.wait(0.1)  # out of descriptors: back off, do not spin
                         continue
                     thread = threading.Thread(
                         target=self._serve_connection, args=(conn,), daemon=True
@@ -273,13 +295,18 @@ class HsmServer:
                 peer = peer_of(conn)
             except OSError:
                 return
+            conn.settimeout(SEND_TIMEOUT)
             refusal = self._policy.refusal(peer)
-            if refusal is None and not self._slots.acquire(blocking=False):
-                refusal = "too many connections to this HSM daemon; try again later"
             if refusal is not None:
                 log.warning("refused pid %d uid %d: %s", peer.pid, peer.uid, refusal)
                 with contextlib.suppress(OSError):
                     conn.sendall(error_response(0, AccessDeniedError(refusal)))
+                return
+            if not self._take_slot(peer.uid):
+                busy = "too many connections to this HSM daemon; try again later"
+                log.warning("busy: refused pid %d uid %d", peer.pid, peer.uid)
+                with contextlib.suppress(OSError):
+                    conn.sendall(error_response(0, ProviderUnavailableError(busy)))
                 return
             with self._lock:
                 self._connections.add(conn)
@@ -288,17 +315,29 @@ class HsmServer:
             finally:
                 with self._lock:
                     self._connections.discard(conn)
+                    self._per_uid[peer.uid] -= 1
                 self._slots.release()
 
+    def _take_slot(self, uid: int) -> bool:
+        """A connection slot for ``uid``, within the total and the per-user caps."""
+        with self._lock:
+            if self._per_uid.get(uid, 0) >= self._per_uid_cap:
+                return False
+            if not self._slots.acquire(blocking=False):
+                return False
+            self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+            return True
+
     def _requests(self, conn: socket.socket, peer: Peer) -> None:
-        conn.settimeout(IDLE_TIMEOUT)
         reader = conn.makefile("rb")
         try:
             while not self._stop.is_set():
                 try:
+                    conn.settimeout(IDLE_TIMEOUT)
                     prefix = _read_exact(reader, 4)
                     if prefix is None:
                         return
+                    conn.settimeout(FRAME_TIMEOUT)  # the rest of the frame, and its answer
                     body = _read_exact(reader, frame_length(prefix, MAX_REQUEST))
                     if body is None:
                         raise ProtocolError("connection closed inside a frame")
@@ -340,7 +379,7 @@ class HsmServer:
         if op == Op.LIST:
             return [info_document(k) for k in store.list_keys()]
         subject = "" if op == Op.BACKUP else args[0]  # a backup's argument is its passphrase
-        log.info("pid %d uid %d: %s %s", peer.pid, peer.uid, op.name.lower(), subject)
+        log.info("pid %d uid %d: %s %r", peer.pid, peer.uid, op.name.lower(), subject)
         if op == Op.CREATE:
             if args[1] not in KEY_TYPES:
                 raise ConfigError(f"key type must be one of {', '.join(KEY_TYPES)}")
@@ -351,7 +390,7 @@ class HsmServer:
             return info_document(store.set_enabled(args[0], op == Op.ENABLE))
         if op == Op.DESTROY:
             return info_document(store.destroy_version(args[0], args[1]))
-        return self._backup(args[0])
+        return store.backup_bytes(args[0], peer=(peer.uid, peer.pid))
 
     def _crypto(self, request: Request, peer: Peer) -> Any:
         uri, payload, context = request.args
@@ -369,10 +408,3 @@ class HsmServer:
             if wrapping:
                 return self._keystore.wrap(name, version, payload, context, peer=who)
             return self._keystore.unwrap(name, payload, context, peer=who)
-
-    def _backup(self, passphrase: str) -> bytes:
-        """The encrypted backup file's bytes (written in a private directory, then removed)."""
-        with tempfile.TemporaryDirectory(prefix="kmsenvelope-backup-") as tmp:
-            target = Path(tmp) / "backup.json"
-            self._keystore.backup(target, passphrase)
-            return target.read_bytes()

@@ -50,11 +50,18 @@ def _ids(values: list[str], kind: str) -> set[int]:
 
 def _passphrase_from_fd(fd: int) -> str:
     """The passphrase read from descriptor ``fd`` (up to the first newline; fd closed)."""
+    raw = b""
     try:
-        with os.fdopen(fd, "rb", closefd=True) as fh:
-            raw = fh.read(MAX_PASSPHRASE_BYTES + 1)
+        while len(raw) <= MAX_PASSPHRASE_BYTES and not raw.endswith(b"\n"):
+            byte = os.read(fd, 1)  # one at a time: stop at the newline, even on an open pipe
+            if not byte:
+                break
+            raw += byte
     except OSError as exc:
         raise ConfigError(f"--passphrase-fd {fd}: cannot read: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     if len(raw) > MAX_PASSPHRASE_BYTES:
         raise KeystoreError(f"--passphrase-fd {fd}: longer than {MAX_PASSPHRASE_BYTES} bytes")
     text = raw.split(b"\n", 1)[0].removesuffix(b"\r")
@@ -116,11 +123,13 @@ def _serve(ctx: CommandContext, args: argparse.Namespace) -> int:
     directory = keystore_dir(settings)
     keystore = Keystore.open(directory, _passphrase(args), audit_sync=audit_sync(settings))
     created: Path | None = None
+    bound = -1
     try:
         if listener is None:
             path = Path(args.socket).absolute()
             listener = bind_socket(path, group)
             created = path  # ours to remove at the end (never what a refused start found)
+            bound = path.lstat().st_ino
         server = HsmServer(keystore, listener, policy, audit=AuditTrail.from_config(ctx.config))
         _logging()
         where = created if created is not None else "the socket systemd passed"
@@ -144,8 +153,9 @@ def _serve(ctx: CommandContext, args: argparse.Namespace) -> int:
             if listener is not None:
                 listener.close()
             if created is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    created.unlink()
+                with contextlib.suppress(OSError):
+                    if created.lstat().st_ino == bound:  # still ours, not a later daemon's
+                        created.unlink()
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:

@@ -379,13 +379,17 @@ class Keystore:
             )
         return entry
 
-    def _aad(self, key_id: str, context: Mapping[str, str]) -> bytes:
-        """What a wrapped key is bound to: the key version and the context (the last one
-        encoded is kept: an application tends to use the same context over and over)."""
+    @staticmethod
+    def _aad(key_id: str, context: Mapping[str, str]) -> bytes:
+        """What a wrapped key is bound to: the key version and the context (docs/format.md)."""
+        return b"kmsenvelope-local/1\x00" + key_id.encode() + b"\x00" + encode_context(context)
+
+    def _bound_aad(self, key_id: str, context: Mapping[str, str]) -> bytes:
+        """:meth:`_aad`, the last one kept: an application tends to use one context a lot."""
         last_id, last_context, last_aad = self._last_aad
         if key_id == last_id and context == last_context:
             return last_aad
-        aad = b"kmsenvelope-local/1\x00" + key_id.encode() + b"\x00" + encode_context(context)
+        aad = self._aad(key_id, context)
         self._last_aad = (key_id, dict(context), aad)
         return aad
 
@@ -413,7 +417,7 @@ class Keystore:
                 if doc["type"] == "aes256":
                     aead = self._files.aead(name, ver, entry["material"])
                     nonce = os.urandom(12)
-                    ct = nonce + aead.encrypt(nonce, dek, self._aad(key_id, context))
+                    ct = nonce + aead.encrypt(nonce, dek, self._bound_aad(key_id, context))
                     wrapped = WrappedKey("local", key_id, AES_ALG, ct)
                 else:
                     public = self._public_key(name, ver, entry["public_key"])
@@ -497,7 +501,7 @@ class Keystore:
             aead = self._files.aead(name, version, entry["material"])
             ct = wrapped.ciphertext
             try:
-                return aead.decrypt(ct[:12], ct[12:], self._aad(wrapped.key_id, context))
+                return aead.decrypt(ct[:12], ct[12:], self._bound_aad(wrapped.key_id, context))
             except (InvalidTag, ValueError):
                 raise fail from None
         if wrapped.algorithm != RSA_ALG:
@@ -538,9 +542,22 @@ class Keystore:
         """
         check_backup_target(target, passphrase)  # fail before the KDF runs
         with self._lock():
-            count = write_backup(self._files, self._files.read_meta(), target, passphrase)
+            count, _ = write_backup(self._files, self._files.read_meta(), target, passphrase)
             self.audit.append("keystore.backup", "local:*", detail={"keys": count})
             return count
+
+    def backup_bytes(self, passphrase: str, *, peer: tuple[int, int] | None = None) -> bytes:
+        """The encrypted backup of every key, in memory only (for the HSM daemon's admin
+        clients: nothing is written anywhere on the daemon's side)."""
+        if not passphrase:
+            raise KeystoreError("refusing to write a backup with an empty passphrase")
+        with self._lock():
+            count, data = write_backup(self._files, self._files.read_meta(), None, passphrase)
+            detail: dict[str, Any] = {"keys": count}
+            if peer is not None:
+                detail.update(peer_uid=peer[0], peer_pid=peer[1])
+            self.audit.append("keystore.backup", "local:*", detail=detail)
+            return data
 
     def restore(self, source: str | os.PathLike[str], passphrase: str) -> list[str]:
         """Merge keys from a backup; return the names restored.

@@ -3,17 +3,18 @@
 Settings (``[providers.local]``, declared in ``LOCAL_SETTINGS``): ``keystore`` -- the keystore
 directory (also ``KMSENVELOPE_KEYSTORE``; default ``<user data dir>/kmsenvelope/keystore``);
 ``socket`` -- use the keystore through the HSM daemon listening there (``kmsenvelope hsm serve``;
-also ``KMSENVELOPE_HSM_SOCKET``, which wins): this process then never reads the keystore nor
-needs its passphrase; ``audit_sync`` -- ``"always"`` or ``"batch"`` for the keystore's audit log
-(:mod:`kmsenvelope.durability`). Any other name is an error (a typo must not silently select the
-default keystore). The passphrase comes from ``KMSENVELOPE_KEYSTORE_PASSPHRASE`` or, on a
-terminal, a prompt.
+also ``KMSENVELOPE_HSM_SOCKET``, which wins; an absolute path): this process then never reads
+the keystore nor needs its passphrase; ``daemon_uid`` -- the uid the daemon must run as (checked
+by peer credentials before anything is sent); ``audit_sync`` -- ``"always"`` or ``"batch"``
+for the keystore's audit log (:mod:`kmsenvelope.durability`). Any other name is an error (a
+typo must not silently select the default keystore). The passphrase comes from
+``KMSENVELOPE_KEYSTORE_PASSPHRASE`` or, on a terminal, a prompt.
 """
 
 from __future__ import annotations
 
 import getpass
-import hashlib
+import hmac
 import os
 import sys
 import threading
@@ -62,6 +63,13 @@ LOCAL_SETTINGS = SettingsSchema(
             "socket",
             "path",
             help="use the keys through the HSM daemon at this Unix socket (hsm serve)",
+        ),
+        Setting(
+            "daemon_uid",
+            "integer",
+            minimum=0,
+            help="the uid the HSM daemon runs as (default: root, your own uid or the owner of "
+            "the socket's directory); anyone else listening at the socket is refused",
         ),
         Setting(
             "audit_sync",
@@ -137,6 +145,7 @@ def daemon_socket(settings: Mapping[str, Any]) -> Path | None:
 
 _OPEN: dict[tuple[str, str, bytes, tuple[int, int]], Keystore] = {}
 _OPEN_LOCK = threading.Lock()
+_SLOT_KEY = os.urandom(32)
 
 
 def open_keystore(settings: Mapping[str, Any]) -> Keystore:
@@ -150,7 +159,7 @@ def open_keystore(settings: Mapping[str, Any]) -> Keystore:
         identity = (info.st_dev, info.st_ino)
     except OSError:
         return Keystore.open(directory, passphrase, audit_sync=sync)  # its error, said there
-    digest = hashlib.sha256(passphrase.encode()).digest()
+    digest = hmac.new(_SLOT_KEY, passphrase.encode(), "sha256").digest()  # not the passphrase
     slot = (os.path.abspath(directory), sync, digest, identity)
     with _OPEN_LOCK:
         store = _OPEN.get(slot)
@@ -221,5 +230,6 @@ def factory(uri: str, settings: Mapping[str, Any]) -> LocalKEK | RemoteLocalKEK:
     socket_path = daemon_socket(settings)
     if socket_path is not None:
         name, version = parse_uri(uri)
-        return RemoteLocalKEK(uri, name, version, client_for(socket_path))
+        daemon_uid = LOCAL_SETTINGS.parse(settings)["daemon_uid"]
+        return RemoteLocalKEK(uri, name, version, client_for(socket_path, daemon_uid))
     return LocalKEK(uri, settings)

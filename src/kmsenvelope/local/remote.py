@@ -9,16 +9,20 @@ the next call connects again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import struct
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import (
     AccessDeniedError,
+    ConfigError,
     KeyNotFoundError,
     KeystoreError,
     KmsEnvelopeError,
@@ -29,6 +33,7 @@ from ..safe_files import atomic_write, replaceable_target
 from .files import KEYSTORE_FILES
 from .keystore import KeyInfo, KeyType, VersionInfo
 from .wire import (
+    ERROR_CLASSES,
     MAX_RESPONSE,
     Op,
     ProtocolError,
@@ -42,6 +47,8 @@ from .wire import (
 __all__ = ["HSM_SOCKET_ENV", "HsmClient", "RemoteKeystore", "RemoteLocalKEK", "client_for"]
 
 HSM_SOCKET_ENV = "KMSENVELOPE_HSM_SOCKET"
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_LIVE: weakref.WeakSet[HsmClient] = weakref.WeakSet()
 REPLY_TIMEOUT = 60.0
 """Seconds to wait for the daemon's answer before calling it unavailable."""
 IDLE_RECONNECT = 240.0
@@ -51,9 +58,21 @@ IDLE_RECONNECT = 240.0
 class HsmClient:
     """A thread-safe, pipelining connection to one HSM daemon socket."""
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = REPLY_TIMEOUT) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = REPLY_TIMEOUT,
+        daemon_uid: int | None = None,
+    ) -> None:
         self.path = Path(path)
+        if not self.path.is_absolute():
+            raise ConfigError(
+                f"the HSM daemon's socket must be an absolute path, not {str(path)!r} (a "
+                "relative one would depend on the working directory)"
+            )
         self._timeout = timeout
+        self._daemon_uid = daemon_uid
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -65,6 +84,18 @@ class HsmClient:
         self._answers: dict[int, bytes] = {}
         self._reading = False
         self._failure: dict[int, BaseException] = {}
+        _LIVE.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks and no connection (a parent's thread may have held
+        a lock at the fork, and the parent's connection is never shared)."""
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._sock, self._reader = None, None
+        self._waiting.clear()
+        self._answers.clear()
+        self._failure.clear()
+        self._reading = False
 
     def __repr__(self) -> str:
         return f"HsmClient({str(self.path)!r})"
@@ -98,7 +129,33 @@ class HsmClient:
             raise ProviderUnavailableError(
                 f"cannot connect to the local HSM daemon at {self.path}: {exc.strerror or exc}"
             ) from None
+        try:
+            self._check_daemon(sock)
+        except BaseException:
+            sock.close()
+            raise
         return sock
+
+    def _check_daemon(self, sock: socket.socket) -> None:
+        """Refuse to talk to a process that is not the daemon: before any data key is sent,
+        the kernel's credentials of the listening process must show a uid we trust -- root,
+        our own, the owner of the socket's directory (who alone decides what is bound there),
+        or ``daemon_uid``. Anyone who binds the path while the daemon is down fails this."""
+        (_pid, uid, _gid) = _CRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+        )
+        trusted = {0, os.geteuid()}
+        if self._daemon_uid is not None:
+            trusted.add(self._daemon_uid)
+        else:
+            with contextlib.suppress(OSError):
+                trusted.add(self.path.parent.stat().st_uid)
+        if uid not in trusted:
+            raise AccessDeniedError(
+                f"the process listening at {self.path} runs as uid {uid}, not as the HSM "
+                f"daemon's user: refusing to send it data keys (if it is the daemon, set "
+                "[providers.local] daemon_uid to its uid)"
+            )
 
     def _connection(self) -> socket.socket:
         """The open connection (called with the condition held); a forked child reconnects."""
@@ -136,22 +193,33 @@ class HsmClient:
         """Send one request and return its result (raising the daemon's error class)."""
         with self._cond:
             sock = self._connection()
-            self._next_id = self._next_id % 0xFFFFFFFF + 1
-            request_id = self._next_id
-        data = encode_request(op, request_id, *args)  # a request too large fails here, unsent
-        with self._cond:
-            self._waiting[request_id] = op
+            request_id = self._new_id()
+            data = encode_request(op, request_id, *args)  # too large: fails here, unsent
+            self._waiting[request_id] = op  # on this connection, in the same critical section
         try:
             with self._send_lock:
                 sock.sendall(data)
-        except OSError:
+        except BaseException as exc:
+            # an error (or Ctrl-C) mid-send may leave half a frame: the connection is done
             with self._cond:
                 if self._sock is sock:
-                    self._drop(self._last_word() or self._gone("closed the connection"))
+                    reason = self._last_word() if isinstance(exc, OSError) else None
+                    self._drop(reason or self._gone("closed the connection"))
+                self._waiting.pop(request_id, None)
+                if not isinstance(exc, OSError):
+                    self._failure.pop(request_id, None)
+                    raise
         body = self._await(request_id)
         response = decode_response(body, op)
         response.raise_error()
         return response.value
+
+    def _new_id(self) -> int:
+        """A request id not in flight (ids wrap after 2**32 - 1; 0 is the daemon's)."""
+        while True:
+            self._next_id = self._next_id % 0xFFFFFFFF + 1
+            if self._next_id not in self._waiting and self._next_id not in self._failure:
+                return self._next_id
 
     def _gone(self, what: str) -> ProviderUnavailableError:
         return ProviderUnavailableError(
@@ -178,13 +246,17 @@ class HsmClient:
                     raise self._gone("closed the connection")
                 body = self._read_frame(reader)
             except BaseException as exc:
+                # Others waiting on this connection get a provider error, never this thread's
+                # interruption; this thread raises its own.
+                shared = exc if isinstance(exc, KmsEnvelopeError) else self._gone("was reset")
                 with self._cond:
                     self._reading = False
                     if self._reader is reader:
-                        self._drop(exc)
-                    else:
-                        self._failure[request_id] = exc
-                continue
+                        self._drop(shared)
+                    self._waiting.pop(request_id, None)
+                    self._failure.pop(request_id, None)
+                    self._cond.notify_all()
+                raise exc from None
             with self._cond:
                 self._reading = False
                 answered = response_id(body)
@@ -210,9 +282,11 @@ class HsmClient:
 
     @staticmethod
     def _refusal(error: tuple[str, str] | None) -> BaseException:
-        if error is not None and error[0] == "AccessDeniedError":
-            return AccessDeniedError(error[1])
-        return ProtocolError(f"the HSM daemon closed the connection: {error[1] if error else ''}")
+        """The error a daemon sent before closing the connection (a refusal, "busy", or a
+        protocol violation), as its allow-listed class."""
+        if error is None:
+            return ProtocolError("the HSM daemon closed the connection")
+        return ERROR_CLASSES.get(error[0], ProtocolError)(error[1])
 
     def _read_frame(self, reader: BinaryIO) -> bytes:
         try:
@@ -232,18 +306,28 @@ class HsmClient:
         return body
 
 
-_CLIENTS: dict[str, HsmClient] = {}
+_CLIENTS: dict[tuple[str, int | None], HsmClient] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
-def client_for(path: str | os.PathLike[str]) -> HsmClient:
+def client_for(path: str | os.PathLike[str], daemon_uid: int | None = None) -> HsmClient:
     """The process's shared client for the daemon at ``path``."""
-    key = os.fspath(path)
+    key = (os.fspath(path), daemon_uid)
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
-            client = _CLIENTS[key] = HsmClient(key)
+            client = _CLIENTS[key] = HsmClient(key[0], daemon_uid=daemon_uid)
         return client
+
+
+def _reset_after_fork() -> None:
+    global _CLIENTS_LOCK
+    _CLIENTS_LOCK = threading.Lock()
+    for client in list(_LIVE):
+        client._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class RemoteLocalKEK:

@@ -47,6 +47,8 @@ from typing import Any
 
 from ..errors import (
     AccessDeniedError,
+    AuditLogError,
+    AuditSinkError,
     ConfigError,
     KeyDestroyedError,
     KeyDisabledError,
@@ -118,6 +120,8 @@ ERROR_CLASSES: dict[str, type[KmsEnvelopeError]] = {
     cls.__name__: cls
     for cls in (
         AccessDeniedError,
+        AuditLogError,
+        AuditSinkError,
         ConfigError,
         KeyDestroyedError,
         KeyDisabledError,
