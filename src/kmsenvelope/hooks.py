@@ -18,6 +18,8 @@ from .settings import SettingsSchema
 if TYPE_CHECKING:
     from .config import Config
     from .engine import Engine
+    from .migrate.store import EnvelopeStore
+    from .migrate.store_urls import StoreURL
 
 __all__ = [
     "PROJECT",
@@ -31,6 +33,8 @@ __all__ = [
     "RegisterLoggers",
     "RegisterProvider",
     "RegisterSettingOption",
+    "RegisterStore",
+    "StoreFactory",
     "hookimpl",
     "hookspec",
 ]
@@ -107,6 +111,20 @@ class RegisterLoggers(Protocol):
     def __call__(self, *, own: Sequence[str] = (), silenced: Sequence[str] = ()) -> None: ...
 
 
+class StoreFactory(Protocol):
+    """``factory(url, config) -> store``: open the store a URL names (its scheme is the one the
+    factory was registered for) as an :class:`~kmsenvelope.migrate.EnvelopeStore`, configured by
+    the URL and the run's :class:`~kmsenvelope.config.Config`. Bad URL parts: ``ConfigError``."""
+
+    def __call__(self, url: StoreURL, config: Config, /) -> EnvelopeStore: ...
+
+
+class RegisterStore(Protocol):
+    """``register(url_scheme, factory)``: what ``kmsenvelope_register_stores`` gets."""
+
+    def __call__(self, url_scheme: str, factory: StoreFactory, /) -> None: ...
+
+
 class PluginHooks:
     """Hooks a kmsenvelope plugin may implement."""
 
@@ -135,3 +153,9 @@ class PluginHooks:
         """Optional: name this plugin's loggers: ``own`` ones, which ``-v``/``-vv`` turn on with
         kmsenvelope's, and ``silenced`` ones (an SDK's, which may log request bodies holding
         data keys), which the CLI never lets below WARNING."""
+
+    @hookspec
+    def kmsenvelope_register_stores(self, register: RegisterStore) -> None:
+        """Optional: call ``register(url_scheme, factory)`` once per URL scheme of the envelope
+        stores this plugin provides (``s3``, ``gs``, …), which ``migrate`` and ``rewrap`` then
+        accept as ``SCHEME://…`` (``factory(url, config) -> EnvelopeStore``)."""

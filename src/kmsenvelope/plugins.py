@@ -1,4 +1,5 @@
-"""The plugin host: plugins register providers, key creators, CLI commands and loggers (pluggy).
+"""The plugin host: plugins register providers, key creators, CLI commands, loggers and envelope
+stores (pluggy).
 
 Built-in providers (the local HSM) are loaded from the ``kmsenvelope`` entry-point group
 exactly like third-party ones. Two environment variables control what loads:
@@ -12,7 +13,8 @@ A provider may declare its settings (``register(scheme, factory, schema=Settings
 factory runs, and ``config show`` prints only the settings declared non-secret.
 
 The hooks and what their ``register`` callables accept are in :mod:`kmsenvelope.hooks`
-(providers, key creators, CLI commands, global setting options, logger names); their names are
+(providers, key creators, CLI commands, global setting options, logger names, stores by URL
+scheme); their names are
 re-exported here. What one plugin registers is checked as it comes, and kept only if all of it
 is valid: a plugin whose registration fails leaves the registry as it was.
 """
@@ -27,7 +29,7 @@ from typing import Any
 
 import pluggy
 
-from .errors import PluginError, UnknownSchemeError
+from .errors import ConfigError, PluginError, UnknownSchemeError
 from .hooks import (
     PROJECT,
     AddArguments,
@@ -40,6 +42,8 @@ from .hooks import (
     RegisterLoggers,
     RegisterProvider,
     RegisterSettingOption,
+    RegisterStore,
+    StoreFactory,
     hookimpl,
     hookspec,
 )
@@ -51,6 +55,7 @@ from .registration import (
     ProviderInfo,
     Registered,
     SettingOption,
+    StoreInfo,
 )
 from .settings import SettingsSchema
 
@@ -69,13 +74,21 @@ __all__ = [
     "RegisterLoggers",
     "RegisterProvider",
     "RegisterSettingOption",
+    "RegisterStore",
     "SettingOption",
+    "StoreFactory",
+    "StoreInfo",
     "hookimpl",
     "hookspec",
 ]
 
 ENTRY_POINT_GROUP = "kmsenvelope"
 ALLOW_ENV = "KMSENVELOPE_PLUGINS"
+
+BUILT_IN_STORES = "stores"
+"""Entry-point name of the built-in stores plugin (:mod:`kmsenvelope.migrate.plugin`)."""
+_STORE_EXTRAS = {"s3": "s3", "az": "azure-blob", "postgresql": "postgres", "sqlite": None}
+"""Store URL schemes of kmsenvelope itself, and the extra that installs each (None: built in)."""
 
 
 def _names_from_env(var: str) -> set[str] | None:
@@ -169,6 +182,7 @@ class ProviderRegistry:
             ("kmsenvelope_register_commands", registration.command),
             ("kmsenvelope_register_setting_options", registration.setting_option),
             ("kmsenvelope_register_loggers", registration.loggers),
+            ("kmsenvelope_register_stores", registration.store),
         ]
         try:
             for hook, register in hooks:
@@ -224,6 +238,31 @@ class ProviderRegistry:
     def silenced_loggers(self) -> tuple[str, ...]:
         """SDK logger names plugins declared: never below WARNING in the CLI, whatever ``-v``."""
         return tuple(self._registered.silenced_loggers)
+
+    @property
+    def stores(self) -> Mapping[str, StoreInfo]:
+        """Registered envelope stores by URL scheme."""
+        return dict(self._registered.stores)
+
+    def store_factory(self, url_scheme: str) -> StoreFactory:
+        """The store factory for ``url_scheme``, or a ``ConfigError`` listing what is installed
+        (and, for a scheme of kmsenvelope's own stores, how to get it)."""
+        info = self._registered.stores.get(url_scheme)
+        if info is not None:
+            return info.factory
+        known = ", ".join(sorted(self._registered.stores)) or "none"
+        hint = ""
+        if url_scheme in _STORE_EXTRAS:
+            extra = _STORE_EXTRAS[url_scheme]
+            hint = (
+                f"; install kmsenvelope[{extra}]"
+                if extra
+                else f"; it is built in: allow the {BUILT_IN_STORES!r} plugin "
+                f"({ALLOW_ENV}, {BLOCK_ENV})"
+            )
+        raise ConfigError(
+            f"no store is installed for URL scheme {url_scheme!r} (installed: {known}){hint}"
+        )
 
     @property
     def broken(self) -> tuple[PluginError, ...]:

@@ -1,4 +1,5 @@
-"""What plugins register -- providers, key creators, commands, setting options, logger names --
+"""What plugins register -- providers, key creators, commands, setting options, logger names,
+envelope stores --
 as the records the plugin registry keeps, and the checks each registration must pass."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import PluginError
-from .hooks import AddArguments, CommandHandler, KeyCreator
+from .hooks import AddArguments, CommandHandler, KeyCreator, StoreFactory
 from .kek import ProviderFactory, scheme_of
 from .settings import SettingsSchema
 
@@ -19,6 +20,7 @@ __all__ = [
     "ProviderInfo",
     "Registered",
     "SettingOption",
+    "StoreInfo",
 ]
 
 BLOCK_ENV = "KMSENVELOPE_BLOCK_PLUGINS"
@@ -26,6 +28,7 @@ BLOCK_ENV = "KMSENVELOPE_BLOCK_PLUGINS"
 
 _COMMAND_WORD = re.compile(r"[a-z][a-z0-9-]*\Z")
 _OPTION_FLAG = re.compile(r"--[a-z][a-z0-9-]*\Z")
+_URL_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*\Z")  # RFC 3986 scheme, lower case
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,18 @@ class ProviderInfo:
     version: str
     factory: ProviderFactory
     schema: SettingsSchema | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreInfo:
+    """One registered envelope store: its URL scheme, and the plugin and distribution it came
+    from."""
+
+    scheme: str
+    plugin: str
+    distribution: str
+    version: str
+    factory: StoreFactory
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +95,7 @@ class Registered:
     options: dict[str, SettingOption] = field(default_factory=dict)
     own_loggers: dict[str, None] = field(default_factory=dict)
     silenced_loggers: dict[str, None] = field(default_factory=dict)
+    stores: dict[str, StoreInfo] = field(default_factory=dict)
 
     def add(self, other: Registered) -> None:
         """Take in what ``other`` holds (checked against this already)."""
@@ -89,6 +105,7 @@ class Registered:
         self.options.update(other.options)
         self.own_loggers.update(other.own_loggers)
         self.silenced_loggers.update(other.silenced_loggers)
+        self.stores.update(other.stores)
 
 
 class PluginRegistration:
@@ -129,6 +146,25 @@ class PluginRegistration:
             )
         self.pending.providers[scheme] = ProviderInfo(
             scheme, self._plugin, self._distribution, self._version, factory, schema
+        )
+
+    def store(self, url_scheme: str, factory: StoreFactory, /) -> None:
+        """``kmsenvelope_register_stores``: one store URL scheme and its factory."""
+        if not isinstance(url_scheme, str) or not _URL_SCHEME.match(url_scheme):
+            raise self._error(
+                f"registered an invalid store URL scheme {url_scheme!r} (lower-case, as in 's3')"
+            )
+        if not callable(factory):
+            raise self._error(f"registered a non-callable store factory for {url_scheme!r}")
+        existing = self._existing.stores.get(url_scheme) or self.pending.stores.get(url_scheme)
+        if existing is not None:
+            raise PluginError(
+                f"store URL scheme {url_scheme!r} is registered by both {existing.plugin!r} "
+                f"({existing.distribution}) and {self._plugin!r} ({self._distribution}); "
+                f"block one with {BLOCK_ENV}"
+            )
+        self.pending.stores[url_scheme] = StoreInfo(
+            url_scheme, self._plugin, self._distribution, self._version, factory
         )
 
     def key_creator(self, scheme: str, creator: KeyCreator) -> None:

@@ -1,4 +1,8 @@
-"""``rewrap`` (files in place) and ``migrate`` (bulk, concurrent, resumable)."""
+"""``rewrap`` (files in place) and ``migrate`` (bulk, concurrent, resumable).
+
+Both take files and directories, or one store URL (``SCHEME://…``, e.g.
+``sqlite:///app.db?table=T&key=ID&column=ENV``) opened through the stores plugins register.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,23 @@ from pathlib import Path
 from ..errors import ConfigError, MigrationIncompleteError
 from ..migrate import (
     CallPolicy,
+    EnvelopeStore,
     FilesystemStore,
     GuardedEngine,
     Journal,
     MigrationInterrupted,
     MigrationProgress,
     MigrationReport,
+    StoreURL,
     default_journal_path,
+    is_store_url,
     migrate,
+    open_store,
+    parse_store_url,
 )
 from ..migrate.fs_store import LINK_SKIPPED
 from ..migrate.runner import NOT_AN_ENVELOPE
+from ..migrate.sqlite_store import NOT_TEXT_SKIPPED, NULL_SKIPPED
 from ..rewrapping import RewrapPlan
 from .context import CliContext, Subcommands, parse_pairs
 from .progress import ProgressBar, end_status_line
@@ -81,7 +91,36 @@ _SKIP_LABELS = {
     NOT_AN_ENVELOPE: "not envelopes",
     LINK_SKIPPED: "symbolic links",
     "not a regular file": "not regular files",
+    NULL_SKIPPED: "NULLs",
+    NOT_TEXT_SKIPPED: "not TEXT or BLOB",
 }
+_UNLISTED_SKIPS = frozenset({NOT_AN_ENVELOPE, NULL_SKIPPED})
+"""Skip reasons that are many and expected: counted in the summary, listed only in the report."""
+
+
+def _store_url(targets: list[str]) -> StoreURL | None:
+    """The store URL among the command's targets, if one is (then it must be the only one)."""
+    urls = [t for t in targets if is_store_url(t)]
+    if not urls:
+        return None
+    if len(targets) > 1:
+        raise ConfigError("a store URL must be the only PATH of its job: run one job per store")
+    return parse_store_url(urls[0])
+
+
+def _open_store(ctx: CliContext, url: StoreURL) -> EnvelopeStore:
+    """The store ``url`` names, through the installed store plugins (a plugin that failed to
+    load is reported first: it may be the one that provides the scheme)."""
+    if url.scheme not in ctx.registry.stores and ctx.registry.broken:
+        raise ctx.registry.broken[0]
+    return open_store(url, ctx.registry, ctx.config)
+
+
+def _close(store: EnvelopeStore) -> None:
+    """Close a store that holds a connection (the store protocol does not require ``close``)."""
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()
 
 
 def _skipped_counts(report: MigrationReport) -> str:
@@ -123,7 +162,7 @@ def _print_summary(report: MigrationReport, quiet: bool, dry_run: bool) -> None:
         print(f"  changed during the job, not overwritten: {printable(key)}", file=sys.stderr)
     for key in sorted(report.skipped):
         reason = report.skip_reasons.get(key, NOT_AN_ENVELOPE)
-        if reason != NOT_AN_ENVELOPE:  # those are many and expected; the report lists them
+        if reason not in _UNLISTED_SKIPS:  # many and expected; the report lists them
             print(f"  skipped {printable(reason)}: {printable(key)}", file=sys.stderr)
 
 
@@ -161,17 +200,23 @@ def _rewrap(ctx: CliContext, args: argparse.Namespace) -> int:
     plan = _plan(args, args.add)
     if plan.empty:
         raise ConfigError("nothing to do: pass --add, --remove, --remove-provider or --rotate")
-    for name in args.files:
-        if not Path(name).is_file():
-            raise ConfigError(f"{printable(name)} is not a file")
-    store = FilesystemStore(args.files)
+    url = _store_url(args.files)
+    if url is None:
+        for name in args.files:
+            if not Path(name).is_file():
+                raise ConfigError(f"{printable(name)} is not a file")
+    store = FilesystemStore(args.files) if url is None else _open_store(ctx, url)
     try:
         report = migrate(store, _engine(ctx, args), plan, concurrency=1)
     except MigrationInterrupted as stop:
         return _interrupted(stop, args, dry_run=False, resumable=False)
+    finally:
+        _close(store)
     if not args.quiet:
         for key in report.migrated:
             print(f"rewrapped {printable(key)}", file=sys.stderr)
+    if url is not None:  # rows that are NULL or not envelopes: left alone, as migrate does
+        return _finish(report, args, dry_run=False)
     for key in report.skipped:
         reason = report.skip_reasons.get(key, NOT_AN_ENVELOPE)
         report.failed[key] = "not a kmsenvelope envelope" if reason == NOT_AN_ENVELOPE else reason
@@ -179,10 +224,15 @@ def _rewrap(ctx: CliContext, args: argparse.Namespace) -> int:
     return _finish(report, args, dry_run=False)
 
 
-def _job(args: argparse.Namespace) -> dict[str, object]:
+def _job(args: argparse.Namespace, url: StoreURL | None) -> dict[str, object]:
     """What the job is (its store and plan), order-free: it names the default journal."""
+    where: dict[str, object] = (
+        {"store": url.identity}
+        if url is not None
+        else {"paths": sorted({str(Path(p).resolve()) for p in args.paths})}
+    )
     return {
-        "paths": sorted({str(Path(p).resolve()) for p in args.paths}),
+        **where,
         "to": sorted(set(args.to)),
         "remove": sorted(set(args.remove or [])),
         "remove_provider": sorted(set(args.remove_provider or [])),
@@ -194,17 +244,35 @@ def _migrate(ctx: CliContext, args: argparse.Namespace) -> int:
     plan = _plan(args, args.to)
     if args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
-    job = _job(args)
+    url = _store_url(args.paths)
+    job = _job(args, url)
     journal_path = None
     if not args.dry_run:
         journal_path = Path(args.journal) if args.journal else default_journal_path(job)
     exclude = [p for p in (journal_path, Path(args.report) if args.report else None) if p]
-    store = FilesystemStore(args.paths, exclude=exclude)  # never migrates its own journal
-    engine = _engine(ctx, args)
+    # A folder never migrates its own journal (or report).
+    store = FilesystemStore(args.paths, exclude=exclude) if url is None else _open_store(ctx, url)
+    try:
+        return _run_migration(store, _engine(ctx, args), plan, args, (journal_path, job))
+    finally:
+        _close(store)
+
+
+def _run_migration(
+    store: EnvelopeStore,
+    engine: GuardedEngine,
+    plan: RewrapPlan,
+    args: argparse.Namespace,
+    journaled: tuple[Path | None, dict[str, object]],
+) -> int:
+    """Run the job on an opened store, with its journal at ``journaled`` (the path, None for
+    a dry run, and what the job is)."""
+    journal_path, job = journaled
     journal = None
     if journal_path is not None:
         journal = Journal.open(journal_path, job, resume=args.resume)
-        store.clean_temporary()
+        if isinstance(store, FilesystemStore):
+            store.clean_temporary()
     bar = _MigrationBar() if sys.stderr.isatty() and not args.quiet else None
     try:
         report = migrate(
@@ -249,13 +317,15 @@ def add_migrate_commands(sub: Subcommands) -> None:
         help="change the recipients of envelope files in place (payload untouched)",
         description="Change the recipients of envelope files in place; the payload is "
         "untouched and each file keeps its encoding (compact stays compact). A FILE that is a "
-        "symbolic link is followed: its target is replaced atomically and the link stays a link.",
+        "symbolic link is followed: its target is replaced atomically and the link stays a link. "
+        "Instead of files, one store URL: sqlite:///DB?table=T&key=ID_COLUMN&column=ENV_COLUMN "
+        "(or any scheme a store plugin provides); its NULLs and non-envelopes are left alone.",
     )
     p.add_argument(
         "files",
         nargs="+",
         metavar="FILE",
-        help="envelope files (a symbolic link: its target is re-written)",
+        help="envelope files (a symbolic link: its target is re-written), or one store URL",
     )
     p.add_argument("--add", action="append", metavar="URI", help="recipient to add (repeatable)")
     p.add_argument(
@@ -282,13 +352,16 @@ def add_migrate_commands(sub: Subcommands) -> None:
         description="Re-wrap every envelope under the files and directories named, resumably. "
         "A PATH that is a symbolic link is followed (a file's target is replaced atomically, "
         "the link stays a link); symbolic links met inside a directory are never followed: "
-        "they are skipped and listed as skipped. Files that are not envelopes are skipped too.",
+        "they are skipped and listed as skipped. Files that are not envelopes are skipped too. "
+        "Instead of paths, one store URL: sqlite:///DB?table=T&key=ID_COLUMN&column=ENV_COLUMN "
+        "(or any scheme a store plugin provides; NULLs and non-envelopes are skipped).",
     )
     m.add_argument(
         "paths",
         nargs="+",
         metavar="PATH",
-        help="files and directories (symbolic links inside directories are skipped)",
+        help="files and directories (symbolic links inside directories are skipped), or one "
+        "store URL (SCHEME://…)",
     )
     m.add_argument(
         "--to",

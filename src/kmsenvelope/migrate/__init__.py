@@ -2,7 +2,9 @@
 
 ``migrate(store, engine, plan)`` re-wraps every envelope in an :class:`EnvelopeStore` --
 :class:`FilesystemStore` for files and trees, :class:`SqliteStore` for a table column, or
-your own (three methods: ``list``, ``read``, conditional ``write``) -- concurrently, with
+your own (three methods: ``list``, ``read``, conditional ``write``), or in the store a URL
+names (``sqlite:///app.db?table=…``: :func:`open_store`, through the stores plugins register
+with ``kmsenvelope_register_stores``) -- concurrently, with
 per-provider bounds and retries (:class:`GuardedEngine`, :class:`CallPolicy`), verifying each
 new envelope before the store replaces it, and recording progress in a :class:`Journal` so a
 killed job resumes without redoing or skipping work.
@@ -15,6 +17,7 @@ from .journal import Journal, default_journal_path
 from .runner import MigrationInterrupted, MigrationProgress, MigrationReport, migrate
 from .sqlite_store import SqliteStore
 from .store import EnvelopeStore, ItemSkipped, StoredItem, VersionedStore
+from .store_urls import StoreURL, is_store_url, open_store, parse_store_url
 
 __all__ = [
     "CallPolicy",
@@ -31,8 +34,12 @@ __all__ = [
     "RateLimiter",
     "RewrapPlan",
     "SqliteStore",
+    "StoreURL",
     "StoredItem",
     "VersionedStore",
     "default_journal_path",
+    "is_store_url",
     "migrate",
+    "open_store",
+    "parse_store_url",
 ]

@@ -19,6 +19,7 @@ from ..rewrapping import RewrapPlan, matches, rewrap_header
 from .guard import CallPolicy, JobCancelled
 from .journal import Journal
 from .store import EnvelopeStore, ItemSkipped, VersionedStore
+from .store_urls import open_store
 
 __all__ = ["MigrationInterrupted", "MigrationProgress", "MigrationReport", "migrate"]
 
@@ -288,7 +289,7 @@ class _Job:
 
 
 def migrate(
-    store: EnvelopeStore,
+    store: EnvelopeStore | str,
     engine: Engine,
     plan: RewrapPlan,
     *,
@@ -299,6 +300,10 @@ def migrate(
     progress: Callable[[MigrationProgress], None] | None = None,
 ) -> MigrationReport:
     """Re-wrap every envelope in ``store`` by ``plan``; never raises for one bad item.
+
+    ``store`` is an :class:`EnvelopeStore`, or a store URL (``sqlite:///app.db?table=…``)
+    opened through the stores ``engine.registry`` holds, configured by ``engine.config``, and
+    closed when the job ends.
 
     Items the journal records as finished, and unchanged since (the same version token), are
     not touched again; a changed one is looked at afresh. Each re-wrapped envelope is
@@ -311,6 +316,28 @@ def migrate(
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    if isinstance(store, str):
+        opened = open_store(store, engine.registry, engine.config)
+        try:
+            return _migrate(opened, engine, plan, concurrency, journal, dry_run, keys, progress)
+        finally:
+            close = getattr(opened, "close", None)
+            if callable(close):
+                close()
+    return _migrate(store, engine, plan, concurrency, journal, dry_run, keys, progress)
+
+
+def _migrate(
+    store: EnvelopeStore,
+    engine: Engine,
+    plan: RewrapPlan,
+    concurrency: int,
+    journal: Journal | None,
+    dry_run: bool,
+    keys: Sequence[KeyEncryptionKey],
+    progress: Callable[[MigrationProgress], None] | None,
+) -> MigrationReport:
+    """:func:`migrate` on an opened store."""
     start = time.monotonic()
     job = _Job(store, engine, plan, journal, dry_run, keys)
     todo: list[str] = []

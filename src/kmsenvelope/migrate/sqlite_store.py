@@ -1,4 +1,9 @@
-"""Envelopes in a SQLite table column (typically the compact form), updated in place."""
+"""Envelopes in a SQLite table column (typically the compact form), updated in place.
+
+Reached from the command line as ``sqlite:///PATH?table=T&key=ID_COLUMN&column=ENVELOPE_COLUMN``
+(:mod:`kmsenvelope.migrate.plugin`). Table and column names are identifiers only (letters,
+digits, ``_``), always double-quoted in SQL; values are bound parameters, never SQL text.
+"""
 
 from __future__ import annotations
 
@@ -11,25 +16,43 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import ConfigError
-from .store import StoredItem, Writer
+from .store import ItemSkipped, StoredItem, Writer
 
-__all__ = ["SqliteStore"]
+__all__ = ["NOT_TEXT_SKIPPED", "NULL_SKIPPED", "SqliteStore"]
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+NULL_SKIPPED = "NULL"
+"""The reason a row whose envelope column is NULL is skipped (left alone)."""
+NOT_TEXT_SKIPPED = "not TEXT or BLOB"
+"""The reason a row whose envelope column holds a number is skipped (left alone)."""
 
 
 def _ident(name: str, what: str) -> str:
-    if not _IDENT.match(name):
-        raise ConfigError(f"invalid SQLite {what} name {name!r}")
+    """``name`` double-quoted for SQL, if it is a plain identifier (else ``ConfigError``)."""
+    if not isinstance(name, str) or not _IDENT.fullmatch(name):
+        raise ConfigError(f"invalid SQLite {what} name {name!r} (letters, digits and '_' only)")
     return f'"{name}"'
 
 
-def _as_bytes(value: object) -> bytes:
+def _as_bytes(value: object) -> bytes | None:
+    """A TEXT or BLOB value as bytes; None for anything else (NULL, numbers)."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
         return value.encode("utf-8")
-    raise ConfigError(f"column holds {type(value).__name__}, not an envelope (TEXT or BLOB)")
+    return None
+
+
+def _connect(path: str | Path) -> sqlite3.Connection:
+    """Open an existing database for reading and writing (never create one: a mistyped path
+    is an error, not a new empty file)."""
+    uri = Path(path).resolve().as_uri() + "?mode=rw"
+    try:
+        return sqlite3.connect(
+            uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30
+        )
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{path}: cannot open the SQLite database ({exc})") from None
 
 
 class SqliteStore:
@@ -37,6 +60,8 @@ class SqliteStore:
 
     The conditional write is ``UPDATE … WHERE key = ? AND value = <the value read>``, so a row
     changed by someone else meanwhile is never overwritten. TEXT stays TEXT, BLOB stays BLOB.
+    Rows whose value is NULL, or not TEXT or BLOB, are skipped (left alone); rows whose key is
+    NULL are not listed (nothing could address them).
     """
 
     def __init__(
@@ -52,11 +77,18 @@ class SqliteStore:
         self._value = _ident(value_column, "column")
         self._lock = threading.Lock()
         self._written: dict[str, str] = {}
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        # PRAGMA, not a trial SELECT: SQLite reads an unknown "quoted" column as a string.
-        columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({self._table})")}
+        self._key_values: dict[str, object] = {}  # listed keys that are not TEXT: their value
+        self._db = _connect(path)
+        try:
+            # PRAGMA, not a trial SELECT: SQLite reads an unknown "quoted" column as a string.
+            info = self._db.execute(f"PRAGMA table_info({self._table})").fetchall()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise ConfigError(f"{path}: cannot read the SQLite database ({exc})") from None
+        columns = {row[1] for row in info}
         for column in (key_column, value_column):
             if column not in columns:
+                self._db.close()
                 found = ", ".join(sorted(columns)) or "no such table"
                 raise ConfigError(f"{path}: cannot read {table}.{column} (columns: {found})")
 
@@ -68,24 +100,36 @@ class SqliteStore:
             self._db.close()
 
     def list(self) -> Iterable[str]:
+        """Every row's key (as text), in key order; rows with a NULL key are left out."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {self._key} FROM {self._table} ORDER BY {self._key}"  # noqa: S608
+                f"SELECT {self._key} FROM {self._table} "  # noqa: S608
+                f"WHERE {self._key} IS NOT NULL ORDER BY {self._key}"
             ).fetchall()
-        return [str(r[0]) for r in rows]
+            keys = []
+            for (value,) in rows:
+                key = value if isinstance(value, str) else str(value)
+                if not isinstance(value, str):
+                    self._key_values[key] = value  # bound as it is stored (INTEGER, …)
+                keys.append(key)
+        return keys
 
     def _get(self, key: str) -> object:
         with self._lock:
             row = self._db.execute(
                 f"SELECT {self._value} FROM {self._table} WHERE {self._key} = ?",  # noqa: S608
-                (key,),
+                (self._key_values.get(key, key),),
             ).fetchone()
         if row is None:
-            raise ConfigError(f"row {key!r} disappeared")
+            raise ItemSkipped("row deleted during the job")
         return row[0]
 
     def read(self, key: str) -> StoredItem:
-        raw = _as_bytes(self._get(key))
+        """The row's value; a NULL or a non-TEXT/BLOB value is skipped (left alone)."""
+        value = self._get(key)
+        raw = _as_bytes(value)
+        if raw is None:
+            raise ItemSkipped(NULL_SKIPPED if value is None else NOT_TEXT_SKIPPED)
         return StoredItem(io.BytesIO(raw), hashlib.sha256(raw).hexdigest())
 
     def pop_written_version(self, key: str) -> str | None:
@@ -95,8 +139,12 @@ class SqliteStore:
 
     def write(self, key: str, version: str, writer: Writer) -> bool:
         """Conditional UPDATE: False (nothing written) if the row changed since it was read."""
-        old = self._get(key)
-        if hashlib.sha256(_as_bytes(old)).hexdigest() != version:
+        try:
+            old = self._get(key)
+        except ItemSkipped:
+            return False  # deleted meanwhile: changed by someone else
+        old_bytes = _as_bytes(old)
+        if old_bytes is None or hashlib.sha256(old_bytes).hexdigest() != version:
             return False
         buf = io.BytesIO()
         writer(buf)
@@ -107,9 +155,10 @@ class SqliteStore:
             cur = self._db.execute(
                 f"UPDATE {self._table} SET {self._value} = ? "  # noqa: S608
                 f"WHERE {self._key} = ? AND {self._value} = ?",
-                (new, key, old),
+                (new, self._key_values.get(key, key), old),
             )
             if cur.rowcount != 1:
                 return False
-            self._written[key] = hashlib.sha256(_as_bytes(new)).hexdigest()
+            stored = new if isinstance(new, bytes) else str(new).encode("utf-8")
+            self._written[key] = hashlib.sha256(stored).hexdigest()
         return True
