@@ -515,16 +515,6 @@ class AuditLog:
         if (
             end is not None
             and st is not None
-            and (st.st_dev, st.st_ino) == end.file
-            and st.st_size < end.size
-        ):
-            raise AuditLogError(
-                f"{self.path} is shorter than the records this process wrote to it: audit "
-                "records were removed (run 'kmsenvelope audit verify')"
-            )
-        if (
-            end is not None
-            and st is not None
             and stat.S_ISREG(st.st_mode)
             and (st.st_dev, st.st_ino) == end.file
             and st.st_size >= end.size
