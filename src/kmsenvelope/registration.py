@@ -139,13 +139,16 @@ class PluginRegistration:
             )
         existing = self._existing.providers.get(scheme) or self.pending.providers.get(scheme)
         if existing is not None:
-            raise PluginError(
-                f"scheme {scheme!r} is registered by both {existing.plugin!r} "
-                f"({existing.distribution}) and {self._plugin!r} ({self._distribution}); "
-                f"block one with {BLOCK_ENV}"
-            )
+            raise self._taken(f"scheme {scheme!r}", existing)
         self.pending.providers[scheme] = ProviderInfo(
             scheme, self._plugin, self._distribution, self._version, factory, schema
+        )
+
+    def _taken(self, what: str, existing: ProviderInfo | StoreInfo) -> PluginError:
+        """Two plugins registered one scheme: name both, and how to block one."""
+        return PluginError(
+            f"{what} is registered by both {existing.plugin!r} ({existing.distribution}) and "
+            f"{self._plugin!r} ({self._distribution}); block one with {BLOCK_ENV}"
         )
 
     def store(self, url_scheme: str, factory: StoreFactory, /) -> None:
@@ -158,11 +161,7 @@ class PluginRegistration:
             raise self._error(f"registered a non-callable store factory for {url_scheme!r}")
         existing = self._existing.stores.get(url_scheme) or self.pending.stores.get(url_scheme)
         if existing is not None:
-            raise PluginError(
-                f"store URL scheme {url_scheme!r} is registered by both {existing.plugin!r} "
-                f"({existing.distribution}) and {self._plugin!r} ({self._distribution}); "
-                f"block one with {BLOCK_ENV}"
-            )
+            raise self._taken(f"store URL scheme {url_scheme!r}", existing)
         self.pending.stores[url_scheme] = StoreInfo(
             url_scheme, self._plugin, self._distribution, self._version, factory
         )

@@ -99,11 +99,16 @@ def test_envelopes_interoperate_with_the_in_process_provider(
         _client_env(monkeypatch, sock)
         through = _engine()
         assert through.decrypt(in_process, context=CONTEXT) == b"made in process"
-        made_remote = through.encrypt(b"made remotely", to=["local:k", "local:r"], context=CONTEXT)
+        # one recipient each: an RSA stanza (no AAD) must not mask an AES one bound wrongly
+        made_remote = [
+            through.encrypt(b"made remotely", to=[uri], context=CONTEXT)
+            for uri in ("local:k", "local:r")
+        ]
     monkeypatch.delenv("KMSENVELOPE_HSM_SOCKET")
     monkeypatch.setenv("KMSENVELOPE_KEYSTORE", str(store))
     monkeypatch.setenv("KMSENVELOPE_KEYSTORE_PASSPHRASE", PASSPHRASE)
-    assert _engine().decrypt(made_remote, context=CONTEXT) == b"made remotely"
+    for blob in made_remote:
+        assert _engine().decrypt(blob, context=CONTEXT) == b"made remotely"
 
 
 def test_wrong_context_and_disabled_key_are_the_providers_errors(
@@ -405,3 +410,15 @@ def test_a_relative_socket_path_is_refused(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("KMSENVELOPE_HSM_SOCKET", "run/hsm.sock")
     with pytest.raises(kmsenvelope.ConfigError, match="absolute path"):
         _engine().encrypt(b"x", to=["local:k"])
+
+
+def test_passphrase_fd_stops_at_the_newline_while_the_writer_keeps_it_open(
+    store: Path, sock: Path
+) -> None:
+    read, write = os.pipe()
+    os.write(write, PASSPHRASE.encode() + b"\n")  # the writer never closes: read to the newline
+    try:
+        with Daemon(store, sock, ["--passphrase-fd", str(read)], passphrase=None, pass_fds=[read]):
+            os.close(read)
+    finally:
+        os.close(write)
