@@ -22,8 +22,9 @@ TEST_DEPS = [
     "moto[server]>=5",
     "opentelemetry-api",
     "opentelemetry-sdk",
+    "psycopg[binary]>=3.1",  # the postgresql:// store (kmsenvelope[postgres])
 ]
-TYPE_DEPS = ["mypy>=1.10", "pytest>=8", "boto3-stubs[kms]>=1.34"]
+TYPE_DEPS = ["mypy>=1.10", "pytest>=8", "boto3-stubs[kms]>=1.34", "psycopg[binary]>=3.1"]
 
 
 def _install_project(session: nox.Session, *, providers: bool = True) -> None:
@@ -43,17 +44,52 @@ PKCS11_TOOLS = {"softhsm2-util": "softhsm2", "pkcs11-tool": "opensc"}
 def _ensure_pkcs11_tools(session: nox.Session) -> None:
     """Install SoftHSM2 and opensc with apt-get when missing, so no PKCS#11 test skips."""
     missing = [package for command, package in PKCS11_TOOLS.items() if not shutil.which(command)]
-    if not missing:
-        return
+    if missing:
+        _apt_install(session, missing)
+
+
+# Azurite, the Azure Blob Storage emulator the az:// store's tests start: from npm into
+# .cache/npm (git-ignored), where tests/services/azurite.py looks. 3.35.0 is the newest release
+# that runs on Node.js 20 (later ones need 22).
+AZURITE = "azurite@3.35.0"
+AZURITE_PREFIX = ROOT / ".cache" / "npm"
+
+
+def _sudo(session: nox.Session, why: str) -> list[str]:
+    """``[]`` as root, ``["sudo"]`` where sudo exists; otherwise stop and say what to install."""
     if os.geteuid() == 0:
-        sudo: list[str] = []
-    elif shutil.which("sudo"):
-        sudo = ["sudo"]
-    else:
-        session.error(f"the PKCS#11 tests need: apt-get install {' '.join(missing)}")
+        return []
+    if shutil.which("sudo"):
+        return ["sudo"]
+    session.error(why)
+    return []  # not reached: session.error raises
+
+
+def _apt_install(session: nox.Session, packages: list[str]) -> None:
+    sudo = _sudo(session, f"the tests need: apt-get install {' '.join(packages)}")
     session.run(*sudo, "apt-get", "update", "-q", external=True)
     apt_get = [*sudo, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]
-    session.run(*apt_get, "install", "-y", "-q", *missing, external=True)
+    session.run(*apt_get, "install", "-y", "-q", *packages, external=True)
+
+
+def _has_postgres() -> bool:
+    """Whether initdb is on PATH or where Debian's postgresql package puts it."""
+    return bool(shutil.which("initdb")) or any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+
+
+def _ensure_store_services(session: nox.Session) -> None:
+    """PostgreSQL (Debian's, for the postgresql:// store's throwaway clusters) and Azurite (npm,
+    for the az:// store), installed when missing so that no store test skips."""
+    missing = [] if _has_postgres() else ["postgresql"]
+    if not shutil.which("npm"):
+        missing += ["nodejs", "npm"]
+    if missing:
+        _apt_install(session, missing)
+    if not (AZURITE_PREFIX / "node_modules" / ".bin" / "azurite-blob").exists():
+        session.run(
+            "npm", "install", "--no-audit", "--no-fund", "--prefix", str(AZURITE_PREFIX),
+            AZURITE, external=True,
+        )  # fmt: skip
 
 
 @nox.session
@@ -61,6 +97,7 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, every provider included, against local emulators."""
     if any("pkcs11" in p for p in PROVIDERS):
         _ensure_pkcs11_tools(session)
+    _ensure_store_services(session)
     _install_project(session)
     session.install(*TEST_DEPS, EXAMPLE_PLUGIN)
     session.run("pytest", *(session.posargs or ["-q", "-p", "no:cacheprovider"]))

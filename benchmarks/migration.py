@@ -1,8 +1,10 @@
-"""Migration throughput with an injected provider latency, at concurrency 1 and 32.
+"""Migration throughput: with an injected provider latency at concurrency 1 and 32, and by store.
 
-``python -m benchmarks.migration`` (also run by ``python -m benchmarks``). Each provider call
-(unwrap the old recipient, wrap the new one, verify it) sleeps ``--latency-ms`` like a KMS
-round trip; envelopes live in an in-memory store so disk speed does not enter the figure.
+``python -m benchmarks.migration`` (``--only latency`` or ``--only stores``). Latency: each
+provider call (unwrap the old recipient, wrap the new one, verify it) sleeps ``--latency-ms``
+like a KMS round trip; envelopes live in an in-memory store so disk speed does not enter the
+figure. Stores (:mod:`benchmarks.store_bench`): the same envelopes in a folder, SQLite, S3
+(moto), Azure Blob (Azurite) and PostgreSQL, envelopes/s each and the ratio to the folder.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from kmsenvelope import Engine, ProviderRegistry, WrappedKey
 from kmsenvelope.config import Config
 from kmsenvelope.memory import InMemoryKEK
 from kmsenvelope.migrate import CallPolicy, GuardedEngine, RewrapPlan, StoredItem, migrate
+
+from . import store_bench
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -94,20 +98,16 @@ def run(envelopes: int, latency_ms: float, concurrency: int) -> float:
     return elapsed
 
 
-def main(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.migration")
-    parser.add_argument("--envelopes", type=int, default=200)
-    parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args(argv)
+def latency_rows(envelopes: int, latency_ms: float, runs: int) -> dict[str, object]:
+    """Concurrency 1 and 32 against a provider ``latency_ms`` away."""
     rows = {}
     for concurrency in (1, 32):
-        times = [run(args.envelopes, args.latency_ms, concurrency) for _ in range(args.runs)]
+        times = [run(envelopes, latency_ms, concurrency) for _ in range(runs)]
         median = statistics.median(times)
-        rows[concurrency] = {"median_s": median, "envelopes_per_s": args.envelopes / median}
+        rows[concurrency] = {"median_s": median, "envelopes_per_s": envelopes / median}
     ratio = rows[1]["median_s"] / rows[32]["median_s"]
     print(
-        f"migration, {args.envelopes} envelopes, {args.latency_ms:.0f} ms per provider call "
+        f"migration, {envelopes} envelopes, {latency_ms:.0f} ms per provider call "
         "(unwrap + wrap + verify = 3 calls each)"
     )
     for c, r in rows.items():
@@ -116,12 +116,49 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             f"(median {r['median_s']:.2f}s)"
         )
     print(f"  concurrency 32 / concurrency 1 throughput: {ratio:.1f}x")
-    result = {
-        "envelopes": args.envelopes,
-        "latency_ms": args.latency_ms,
+    return {
+        "envelopes": envelopes,
+        "latency_ms": latency_ms,
         "by_concurrency": rows,
         "ratio_32_vs_1": ratio,
     }
+
+
+def store_rows(stores: list[str], envelopes: int, runs: int, concurrency: int) -> dict[str, object]:
+    """envelopes/s by store, next to the folder store, in this run."""
+    rows = store_bench.run_stores(stores, envelopes, runs, concurrency)
+    print(
+        f"migration by store, {envelopes} envelopes of 1 KiB, in-process key (no latency), "
+        f"concurrency {concurrency}, median of {runs} jobs"
+    )
+    for name, row in rows.items():
+        versus = f"{row['vs_folder']:6.2f}x folder" if "vs_folder" in row else ""
+        print(f"  {name:<11} {row['envelopes_per_s']:8.1f} envelopes/s  {versus}")
+    return {"envelopes": envelopes, "concurrency": concurrency, "runs": runs, "by_store": rows}
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.migration")
+    parser.add_argument("--envelopes", type=int, default=200)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", choices=("latency", "stores"))
+    parser.add_argument(
+        "--stores",
+        default=",".join(store_bench.STORES),
+        help="comma-separated stores for the store table (default: all)",
+    )
+    parser.add_argument("--store-envelopes", type=int, default=1000)
+    parser.add_argument("--store-concurrency", type=int, default=16)
+    args = parser.parse_args(argv)
+    result: dict[str, object] = {}
+    if args.only in (None, "latency"):
+        result.update(latency_rows(args.envelopes, args.latency_ms, args.runs))
+    if args.only in (None, "stores"):
+        stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+        result["stores"] = store_rows(
+            stores, args.store_envelopes, args.runs, args.store_concurrency
+        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "migration.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -104,6 +104,7 @@ _TOP_KEYS = {
     "profiles",
     "audit",
     "audit_sync",
+    "stores",
 }
 _PROFILE_KEYS = {
     "recipients",
@@ -243,6 +244,9 @@ class Config:
     origins: Mapping[str, Mapping[str, str]] = field(default_factory=dict, compare=False)
     # Audit events of provider calls: sinks, durability, best effort (kmsenvelope.auditing).
     audit: AuditSettings = AuditSettings()
+    # ``[stores.SCHEME]`` tables: settings of the store a store URL's scheme opens (e.g.
+    # ``[stores.az] account_url``), checked by that store's factory.
+    stores: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.allowed_keys is not None:
@@ -272,6 +276,13 @@ class Config:
             origins = {**origins, "audit_sync": LOCAL_AUDIT_SYNC_ORIGIN}
         return SettingsTable(scheme, values, origins)
 
+    def store_settings(self, scheme: str) -> SettingsTable:
+        """The ``[stores.SCHEME]`` table (empty if absent), read-only, with the origin of each
+        value; the store's factory checks the names and values (with a ``SettingsSchema``)."""
+        values = self.stores.get(scheme, {})
+        origins = {key: f"{self.path or 'config'} [stores.{scheme}] {key}" for key in values}
+        return SettingsTable(scheme, values, origins)
+
     def redacted(self, schemas: Mapping[str, SettingsSchema] | None = None) -> dict[str, Any]:
         """The effective config as a dict, provider settings redacted by allow-list.
 
@@ -292,6 +303,7 @@ class Config:
                 s: redact_settings(dict(v), known.get(s)) for s, v in self.providers.items()
             },
             "audit": self.audit.shown(),
+            "stores": {s: redact_settings(dict(v), None) for s, v in self.stores.items()},
         }
 
 
@@ -368,6 +380,15 @@ class _Checker:
         for scheme, settings in value.items():
             if not isinstance(settings, dict):
                 raise self.fail(sub, scheme, "must be a table of provider settings")
+        return {s: dict(v) for s, v in value.items()}
+
+    def stores(self, value: Any) -> dict[str, dict[str, Any]]:
+        """The ``[stores.SCHEME]`` tables (each a table; their keys are the store's to check)."""
+        if not isinstance(value, dict):
+            raise self.fail("", "stores", "must be a table of [stores.SCHEME] tables")
+        for scheme, settings in value.items():
+            if not isinstance(settings, dict):
+                raise self.fail("stores", scheme, "must be a table of store settings")
         return {s: dict(v) for s, v in value.items()}
 
     def audit(self, table: str, value: Any) -> dict[str, Any]:
@@ -468,6 +489,7 @@ def load_config(
     providers = check.providers("", data["providers"]) if "providers" in data else {}
     origins = check.origins("", providers)
     audit = _file_audit(check, data)
+    stores = check.stores(data["stores"]) if "stores" in data else {}
 
     chosen = profile or env.get(PROFILE_ENV) or data.get("profile")
     if chosen is not None and not isinstance(chosen, str):
@@ -536,6 +558,7 @@ def load_config(
             sync=audit.get("audit_sync", DEFAULT_SYNC),
             best_effort=audit.get("best_effort", False),
         ),
+        stores=MappingProxyType({k: MappingProxyType(v) for k, v in stores.items()}),
     )
 
 

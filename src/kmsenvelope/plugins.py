@@ -87,8 +87,15 @@ ALLOW_ENV = "KMSENVELOPE_PLUGINS"
 
 BUILT_IN_STORES = "stores"
 """Entry-point name of the built-in stores plugin (:mod:`kmsenvelope.migrate.plugin`)."""
-_STORE_EXTRAS = {"s3": "s3", "az": "azure-blob", "postgresql": "postgres", "sqlite": None}
-"""Store URL schemes of kmsenvelope itself, and the extra that installs each (None: built in)."""
+_STORE_EXTRAS = {
+    "s3": ("s3", "aws-kms"),
+    "az": ("azure-blob", "azure-kv"),
+    "postgresql": ("postgres", BUILT_IN_STORES),
+    "postgres": ("postgres", BUILT_IN_STORES),
+    "sqlite": (None, BUILT_IN_STORES),
+}
+"""Store URL schemes of kmsenvelope itself: the extra that installs what each needs (None:
+nothing) and the plugin that registers it."""
 
 
 def _names_from_env(var: str) -> set[str] | None:
@@ -253,12 +260,12 @@ class ProviderRegistry:
         known = ", ".join(sorted(self._registered.stores)) or "none"
         hint = ""
         if url_scheme in _STORE_EXTRAS:
-            extra = _STORE_EXTRAS[url_scheme]
+            extra, plugin = _STORE_EXTRAS[url_scheme]
+            allow = f"allow the {plugin!r} plugin ({ALLOW_ENV}, {BLOCK_ENV})"
             hint = (
-                f"; install kmsenvelope[{extra}]"
+                f"; install kmsenvelope[{extra}] (or, if installed, {allow})"
                 if extra
-                else f"; it is built in: allow the {BUILT_IN_STORES!r} plugin "
-                f"({ALLOW_ENV}, {BLOCK_ENV})"
+                else f"; it is built in: {allow}"
             )
         raise ConfigError(
             f"no store is installed for URL scheme {url_scheme!r} (installed: {known}){hint}"

@@ -270,7 +270,7 @@ def test_bad_store_urls_are_one_line_errors(keys: Keystore, tmp_path: Path) -> N
         url(tmp_path / "missing.db"): "cannot open the SQLite database",
         "gcs://bucket/prefix": "no store is installed for URL scheme 'gcs' (installed: ",
         "az://container": "install kmsenvelope[azure-blob]",
-        "postgresql://app@db:5432/app?table=t&key=id&column=env": "install kmsenvelope[postgres]",
+        "postgresql://app@db:5432/app?table=t&key=id": "the parameter 'column' is required",
     }
     for target, message in cases.items():
         proc = run("migrate", target, "--to", "local:new", cwd=tmp_path)

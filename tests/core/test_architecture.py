@@ -1,10 +1,13 @@
 """The arrows of docs/architecture.md, checked: each room imports only rooms below it, the core
-never imports a provider or a cloud SDK, the local provider is a plugin like any other, and
-nothing imports the deprecated module shims. A new module must be given a room here."""
+never imports a provider or a cloud SDK, an optional dependency of the core (psycopg) only
+lazily in its one module, the local provider is a plugin like any other, and nothing imports
+the deprecated module shims. A new module must be given a room here."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,9 @@ FOREIGN = (
     "kmsenvelope_azure",
     "kmsenvelope_pkcs11",
 )
+# Optional dependencies of core modules (an extra installs each): imported by their module only,
+# and only inside a function, when that store is opened -- never by ``import kmsenvelope``.
+LAZY = {"psycopg": ("migrate.postgres_store",)}
 
 
 def _room_of(module: str) -> int | None:
@@ -111,6 +117,8 @@ def test_imports_point_down(module: str) -> None:
     problems = []
     for target, line in _imports(module, path):
         top = target.split(".")[0]
+        if top in LAZY:
+            continue  # test_optional_dependencies_are_imported_lazily
         if top in FOREIGN:
             problems.append(
                 f"{path.name}:{line} imports {target}: the core never imports a provider"
@@ -137,6 +145,62 @@ def test_only_the_local_provider_and_the_cli_know_the_local_provider(module: str
         return
     targets = [t for t, _line in _imports(module, MODULES[module])]
     assert not [t for t in targets if t == "local" or t.startswith("local.")], module
+
+
+def _eager_imports(path: Path) -> set[int]:
+    """Line numbers of the imports that run when the module is imported: not inside a function
+    and not under ``if TYPE_CHECKING:``."""
+    lines: set[int] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                continue
+            if isinstance(child, ast.If) and ast.unparse(child.test).endswith("TYPE_CHECKING"):
+                for inner in child.orelse:
+                    visit(inner)
+                continue
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                lines.add(child.lineno)
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return lines
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_optional_dependencies_are_imported_lazily(module: str) -> None:
+    path = MODULES[module]
+    eager = _eager_imports(path)
+    problems = []
+    for target, line in _imports(module, path):
+        top = target.split(".")[0]
+        if top not in LAZY:
+            continue
+        if module not in LAZY[top]:
+            problems.append(f"{path.name}:{line} imports {target}: only {LAZY[top]} may")
+        elif line in eager:
+            problems.append(f"{path.name}:{line} imports {target} on import, not when used")
+    assert problems == []
+
+
+def test_the_lazy_check_sees_an_eager_import(tmp_path: Path) -> None:
+    fake = tmp_path / "store.py"
+    fake.write_text(
+        "from typing import TYPE_CHECKING\nimport psycopg\nif TYPE_CHECKING:\n"
+        "    import psycopg.sql\ndef f():\n    import psycopg.pq\n"
+    )
+    assert _eager_imports(fake) == {1, 2}
+
+
+def test_importing_kmsenvelope_and_its_stores_imports_no_optional_dependency() -> None:
+    code = (
+        "import sys, kmsenvelope, kmsenvelope.cli, kmsenvelope.migrate.plugin, "
+        "kmsenvelope.migrate.postgres_store\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(LAZY)!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_every_room_is_in_the_architecture_page() -> None:

@@ -135,8 +135,16 @@ def test_unknown_scheme_names_the_installed_stores() -> None:
     with pytest.raises(ConfigError) as caught:
         kmsenvelope.migrate("gcs://bucket", engine, PLAN)
     assert str(caught.value) == "no store is installed for URL scheme 'gcs' (installed: mem)"
-    with pytest.raises(ConfigError, match=r"\(installed: mem\); install kmsenvelope\[s3\]$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\(installed: mem\); install kmsenvelope\[s3\] \(or, if installed, allow the "
+        r"'aws-kms' plugin",
+    ):
         kmsenvelope.migrate("s3://bucket", engine, PLAN)
+    with pytest.raises(ConfigError, match=r"install kmsenvelope\[azure-blob\].*'azure-kv'"):
+        kmsenvelope.migrate("az://container", engine, PLAN)
+    with pytest.raises(ConfigError, match=r"install kmsenvelope\[postgres\].*'stores' plugin"):
+        kmsenvelope.migrate("postgresql://u@h/db?table=t&key=k&column=c", engine, PLAN)
     with pytest.raises(ConfigError, match="not a store URL"):
         kmsenvelope.migrate("some/folder", engine, PLAN)
 

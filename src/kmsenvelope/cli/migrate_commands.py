@@ -80,6 +80,7 @@ class _MigrationBar:
         if self.bar is None:
             self.bar = ProgressBar(p.total, "migrating", unit="items")
             self.bar.start -= p.elapsed  # the job started before its first item finished
+        self.bar.total = None if p.listing else p.total  # no percentage or ETA until listed
         self.bar.set(p.done + p.failed, f"{p.failed} failed" if p.failed else "")
 
     def close(self, complete: bool) -> None:

@@ -1,11 +1,14 @@
-"""Registers kmsenvelope's own envelope store (``sqlite://``) through the ``kmsenvelope``
-entry-point group (name ``stores``), as any third-party store plugin does. Stores that need a
-cloud SDK come with their distribution: ``s3://`` with kmsenvelope-aws (``kmsenvelope[s3]``)."""
+"""Registers kmsenvelope's own envelope stores (``sqlite://``, and ``postgresql://`` alias
+``postgres://``, whose psycopg comes with ``kmsenvelope[postgres]`` and is imported only when
+such a store is opened) through the ``kmsenvelope`` entry-point group (name ``stores``), as any
+third-party store plugin does. Stores that need a cloud SDK come with their distribution:
+``s3://`` with kmsenvelope-aws (``kmsenvelope[s3]``)."""
 
 from __future__ import annotations
 
 from ..config import Config
 from ..hooks import RegisterStore, hookimpl
+from .postgres_store import open_postgres
 from .sqlite_store import SqliteStore
 from .store_urls import StoreURL
 
@@ -28,5 +31,7 @@ def open_sqlite(url: StoreURL, config: Config) -> SqliteStore:
 
 @hookimpl
 def kmsenvelope_register_stores(register: RegisterStore) -> None:
-    """Provide the ``sqlite`` store URL scheme."""
+    """Provide the ``sqlite`` and ``postgresql`` (alias ``postgres``) store URL schemes."""
     register("sqlite", open_sqlite)
+    register("postgresql", open_postgres)
+    register("postgres", open_postgres)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -25,12 +26,15 @@ __all__ = ["MigrationInterrupted", "MigrationProgress", "MigrationReport", "migr
 
 _MAGIC_PREFIX = MAGIC[:-1]
 NOT_AN_ENVELOPE = "not an envelope"
+LIST_AHEAD = 100_000
+"""Keys a store may have listed ahead of the work (about 10 MB of keys): a job over millions of
+items holds this many at most, and one over fewer knows its total (and ETA) early."""
 
 
 @dataclass
 class MigrationReport:
     """What happened to every item; ``ok`` is True when nothing failed or conflicted and the
-    job ran to the end. ``left`` counts items an interrupted job did not finish."""
+    job ran to the end. ``left`` counts items an interrupted job listed but did not finish."""
 
     total: int = 0
     migrated: list[str] = field(default_factory=list)
@@ -100,12 +104,14 @@ class MigrationInterrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True, slots=True)
 class MigrationProgress:
-    """A snapshot handed to the progress callback after each item."""
+    """A snapshot handed to the progress callback after each item. ``total`` counts the items
+    listed so far; while ``listing`` is True the store has not listed them all yet."""
 
     done: int
     failed: int
     total: int
     elapsed: float
+    listing: bool = False
 
     @property
     def rate(self) -> float:
@@ -113,6 +119,8 @@ class MigrationProgress:
 
     @property
     def eta(self) -> float | None:
+        if self.listing:
+            return None  # the total is not known yet
         left = self.total - self.done - self.failed
         return left / self.rate if self.rate > 0 else None
 
@@ -340,7 +348,7 @@ def _migrate(
     """:func:`migrate` on an opened store."""
     start = time.monotonic()
     job = _Job(store, engine, plan, journal, dry_run, keys)
-    todo: list[str] = []
+    lister = _ListAhead(store.list())
     finished = 0
 
     def tick() -> None:
@@ -348,17 +356,23 @@ def _migrate(
             with job.lock:
                 failed = len(job.report.failed) + len(job.report.conflicts)
             progress(
-                MigrationProgress(finished - failed, failed, len(todo), time.monotonic() - start)
+                MigrationProgress(
+                    finished - failed,
+                    failed,
+                    lister.count,
+                    time.monotonic() - start,
+                    listing=not lister.finished,
+                )
             )
 
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="migrate")
     pending: set[Future[None]] = set()
     try:
-        for key in store.list():
-            job.report.total += 1
-            todo.append(key)  # a journaled item too: its version is checked when it is read
-        for key in todo:
-            if len(pending) >= concurrency * 4:  # bounded: never queue millions of futures
+        # Work starts with the first listed key; at most ``concurrency * 4`` items are queued
+        # in the pool, and the listing runs at most LIST_AHEAD keys ahead of them.
+        for key in lister:
+            job.report.total += 1  # a journaled item too: its version is checked when read
+            if len(pending) >= concurrency * 4:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 finished += len(done)
                 tick()
@@ -370,19 +384,84 @@ def _migrate(
     except KeyboardInterrupt as interrupt:
         # Stop promptly: queued items are dropped, in-flight ones stop at their next provider
         # call (or finish their write); then say what was done.
+        lister.stop()
         job.stop()
         pool.shutdown(wait=True, cancel_futures=True)
         job.allow_calls_again()
         _finish(job, engine, start)
         job.report.interrupted = True
-        job.report.left = len(todo) - job.handled
+        job.report.total = max(job.report.total, lister.count)
+        job.report.left = job.report.total - job.handled
         raise MigrationInterrupted(job.report, interrupt) from interrupt
     finally:
+        lister.stop()
         pool.shutdown(wait=True)
     _finish(job, engine, start)
     if journal is not None and not dry_run and job.report.ok:
         journal.complete(job.report.summary())
     return job.report
+
+
+_END = object()
+
+
+class _ListingFailed:
+    """The exception the store's listing raised, carried to the job's thread."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _ListAhead:
+    """A store's keys, listed in a background thread at most :data:`LIST_AHEAD` ahead of the
+    job: the job starts on the first page, the total is known as soon as the listing ends, and
+    a failed listing is raised in the job's thread. ``count`` keys listed so far."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._keys = keys
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=LIST_AHEAD)
+        self._stopping = threading.Event()
+        self.count = 0
+        self.finished = False
+        self._thread = threading.Thread(
+            target=self._run, name="kmsenvelope-migrate-list", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        """Queue ``item`` unless the job stopped (then False)."""
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for key in self._keys:
+                if not self._put(key):
+                    return
+                self.count += 1
+            self.finished = True
+            self._put(_END)
+        except BaseException as exc:  # handed to the job's thread, which raises it
+            self._put(_ListingFailed(exc))
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _ListingFailed):
+                raise item.error
+            yield str(item)
+
+    def stop(self) -> None:
+        """Stop listing (the job ended or was interrupted) and wait a little for the thread."""
+        self._stopping.set()
+        self._thread.join(timeout=5)
 
 
 def _finish(job: _Job, engine: Engine, start: float) -> None:

@@ -3,6 +3,8 @@
 Reached from the command line as ``sqlite:///PATH?table=T&key=ID_COLUMN&column=ENVELOPE_COLUMN``
 (:mod:`kmsenvelope.migrate.plugin`). Table and column names are identifiers only (letters,
 digits, ``_``), always double-quoted in SQL; values are bound parameters, never SQL text.
+Listing is keyset-paginated (``WHERE key > last ORDER BY key LIMIT n``), so a table of millions
+of rows is never held in memory at once.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import io
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ConfigError
 from .store import ItemSkipped, StoredItem, Writer
 
-__all__ = ["NOT_TEXT_SKIPPED", "NULL_SKIPPED", "SqliteStore"]
+__all__ = ["NOT_TEXT_SKIPPED", "NULL_SKIPPED", "PAGE_SIZE", "SqliteStore"]
+
+PAGE_SIZE = 1000
+"""Keys one listing query fetches (a page; the next starts after its last key)."""
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NULL_SKIPPED = "NULL"
@@ -41,6 +46,18 @@ def _as_bytes(value: object) -> bytes | None:
     if isinstance(value, str):
         return value.encode("utf-8")
     return None
+
+
+def _numeric_affinity(declared: str) -> bool:
+    """Whether a column declared ``declared`` has INTEGER, REAL or NUMERIC affinity (SQLite's
+    rules, section 3.1 of its datatype page): then an integer key bound as its text finds its
+    row, so the listing need not remember the integer."""
+    kind = declared.upper()
+    if "INT" in kind:
+        return True
+    if any(text in kind for text in ("CHAR", "CLOB", "TEXT")):
+        return False
+    return bool(kind) and "BLOB" not in kind
 
 
 def _connect(path: str | Path) -> sqlite3.Connection:
@@ -77,7 +94,8 @@ class SqliteStore:
         self._value = _ident(value_column, "column")
         self._lock = threading.Lock()
         self._written: dict[str, str] = {}
-        self._key_values: dict[str, object] = {}  # listed keys that are not TEXT: their value
+        # Listed keys that their text would not find (BLOB, REAL, …; rare): their value.
+        self._key_values: dict[str, object] = {}
         self._db = _connect(path)
         try:
             # PRAGMA, not a trial SELECT: SQLite reads an unknown "quoted" column as a string.
@@ -86,6 +104,8 @@ class SqliteStore:
             self._db.close()
             raise ConfigError(f"{path}: cannot read the SQLite database ({exc})") from None
         columns = {row[1] for row in info}
+        declared = {row[1]: str(row[2] or "") for row in info}
+        self._numeric_key = _numeric_affinity(declared.get(key_column, ""))
         for column in (key_column, value_column):
             if column not in columns:
                 self._db.close()
@@ -99,20 +119,37 @@ class SqliteStore:
         with self._lock:
             self._db.close()
 
-    def list(self) -> Iterable[str]:
-        """Every row's key (as text), in key order; rows with a NULL key are left out."""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {self._key} FROM {self._table} "  # noqa: S608
-                f"WHERE {self._key} IS NOT NULL ORDER BY {self._key}"
-            ).fetchall()
-            keys = []
+    def list(self) -> Iterator[str]:
+        """Every row's key (as text), in key order, a page at a time; rows with a NULL key are
+        left out, and a key on several rows is listed once."""
+        first = (
+            f"SELECT {self._key} FROM {self._table} "  # noqa: S608
+            f"WHERE {self._key} IS NOT NULL ORDER BY {self._key} LIMIT ?"
+        )
+        after = (
+            f"SELECT {self._key} FROM {self._table} "  # noqa: S608
+            f"WHERE {self._key} > ? ORDER BY {self._key} LIMIT ?"
+        )
+        last: object = None
+        started = False
+        while True:
+            with self._lock:
+                query, args = (after, (last, PAGE_SIZE)) if started else (first, (PAGE_SIZE,))
+                rows = self._db.execute(query, args).fetchall()
             for (value,) in rows:
-                key = value if isinstance(value, str) else str(value)
-                if not isinstance(value, str):
-                    self._key_values[key] = value  # bound as it is stored (INTEGER, …)
-                keys.append(key)
-        return keys
+                if started and type(value) is type(last) and value == last:
+                    continue  # the same key on another row
+                started, last = True, value
+                if isinstance(value, str):
+                    yield value
+                    continue
+                key = str(value)
+                if not (isinstance(value, int) and self._numeric_key):
+                    with self._lock:
+                        self._key_values[key] = value  # bound as it is stored (BLOB, REAL, …)
+                yield key
+            if len(rows) < PAGE_SIZE:
+                return
 
     def _get(self, key: str) -> object:
         with self._lock:

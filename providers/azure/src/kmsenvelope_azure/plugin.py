@@ -1,4 +1,4 @@
-"""The kmsenvelope plugin: registers the ``azure-kv`` scheme.
+"""The kmsenvelope plugin: registers the ``azure-kv`` scheme and the ``az://`` envelope store.
 
 Loaded through the ``kmsenvelope`` entry-point group (entry point ``azure-kv``), exactly like a
 third-party plugin. The Azure SDK is imported on the first key opened, not when the plugin
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import kmsenvelope
+from kmsenvelope.hooks import RegisterStore
 from kmsenvelope.kek import KeyEncryptionKey
 from kmsenvelope.plugins import RegisterLoggers, RegisterProvider
 
@@ -19,9 +20,20 @@ from .settings import SETTINGS_SCHEMA
 from .uri import SCHEME
 
 if TYPE_CHECKING:
+    from kmsenvelope.config import Config
+    from kmsenvelope.migrate.store_urls import StoreURL
+
+    from .blob_store import AzureBlobStore
     from .provider import AzureKeyVaultProvider
 
-__all__ = ["SCHEME", "kmsenvelope_register_loggers", "kmsenvelope_register_providers", "open_key"]
+__all__ = [
+    "SCHEME",
+    "kmsenvelope_register_loggers",
+    "kmsenvelope_register_providers",
+    "kmsenvelope_register_stores",
+    "open_az",
+    "open_key",
+]
 
 _lock = threading.Lock()
 _provider: AzureKeyVaultProvider | None = None
@@ -50,3 +62,17 @@ def kmsenvelope_register_loggers(register: RegisterLoggers) -> None:
     """Our ``kmsenvelope_azure`` loggers follow ``-v``; the Azure SDK's, MSAL's and urllib3's
     never go below WARNING (at DEBUG they log requests, responses and tokens)."""
     register(own=["kmsenvelope_azure"], silenced=["azure", "msal", "urllib3"])
+
+
+@kmsenvelope.hookimpl
+def kmsenvelope_register_stores(register: RegisterStore) -> None:
+    """Envelopes in Azure Blob Storage: ``az://CONTAINER[/PREFIX]`` (conditional writes with
+    If-Match on the ETag)."""
+    register("az", open_az)
+
+
+def open_az(url: StoreURL, config: Config, /) -> AzureBlobStore:
+    """Store factory for ``az://`` (azure-storage-blob imported when the store is opened)."""
+    from .blob_store import open_az as open_store
+
+    return open_store(url, config)
