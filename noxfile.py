@@ -23,8 +23,15 @@ TEST_DEPS = [
     "opentelemetry-api",
     "opentelemetry-sdk",
     "psycopg[binary]>=3.1",  # the postgresql:// store (kmsenvelope[postgres])
+    "dask[distributed]>=2024.1",  # migrate --dask (kmsenvelope[dask])
 ]
-TYPE_DEPS = ["mypy>=1.10", "pytest>=8", "boto3-stubs[kms]>=1.34", "psycopg[binary]>=3.1"]
+TYPE_DEPS = [
+    "mypy>=1.10",
+    "pytest>=8",
+    "boto3-stubs[kms]>=1.34",
+    "psycopg[binary]>=3.1",
+    "dask[distributed]>=2024.1",
+]
 
 
 def _install_project(session: nox.Session, *, providers: bool = True) -> None:

@@ -1,10 +1,13 @@
 """Migration throughput: with an injected provider latency at concurrency 1 and 32, and by store.
 
-``python -m benchmarks.migration`` (``--only latency`` or ``--only stores``). Latency: each
-provider call (unwrap the old recipient, wrap the new one, verify it) sleeps ``--latency-ms``
-like a KMS round trip; envelopes live in an in-memory store so disk speed does not enter the
-figure. Stores (:mod:`benchmarks.store_bench`): the same envelopes in a folder, SQLite, S3
-(moto), Azure Blob (Azurite) and PostgreSQL, envelopes/s each and the ratio to the folder.
+``python -m benchmarks.migration`` (``--only latency``, ``--only stores`` or ``--only cluster``).
+Latency: each provider call (unwrap the old recipient, wrap the new one, verify it) sleeps
+``--latency-ms`` like a KMS round trip; envelopes live in an in-memory store so disk speed does
+not enter the figure. Stores (:mod:`benchmarks.store_bench`): the same envelopes in a folder,
+SQLite, S3 (moto), Azure Blob (Azurite) and PostgreSQL, envelopes/s each and the ratio to the
+folder.
+Cluster (:mod:`benchmarks.cluster_bench`): a real Dask scheduler and 1, 2 and 4 worker
+processes against a provider 20 ms away, with and without a cluster-wide KMS budget.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from kmsenvelope.config import Config
 from kmsenvelope.memory import InMemoryKEK
 from kmsenvelope.migrate import CallPolicy, GuardedEngine, RewrapPlan, StoredItem, migrate
 
-from . import store_bench
+from . import cluster_bench, store_bench
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--envelopes", type=int, default=200)
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", choices=("latency", "stores"))
+    parser.add_argument("--only", choices=("latency", "stores", "cluster"))
     parser.add_argument(
         "--stores",
         default=",".join(store_bench.STORES),
@@ -159,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         result["stores"] = store_rows(
             stores, args.store_envelopes, args.runs, args.store_concurrency
         )
+    if args.only in (None, "cluster"):
+        result["cluster"] = cluster_bench.cluster_rows()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "migration.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

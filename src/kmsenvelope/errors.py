@@ -220,6 +220,11 @@ class NoRecipientError(DecryptionError, exit_code=4):
         lines = "; ".join(str(a) for a in self.attempts) or "the envelope has no recipients"
         super().__init__(f"no recipient could unwrap the data key ({lines})")
 
+    def __reduce__(self) -> tuple[type[NoRecipientError], tuple[tuple[RecipientAttempt, ...]]]:
+        """Pickled with its attempts (a process pool or a cluster carries it between processes):
+        the default would rebuild it from its message."""
+        return type(self), (self.attempts,)
+
     @property
     def retryable(self) -> bool:
         """Every recipient whose provider was called failed transiently: retry later."""

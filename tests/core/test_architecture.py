@@ -43,7 +43,11 @@ FOREIGN = (
 )
 # Optional dependencies of core modules (an extra installs each): imported by their module only,
 # and only inside a function, when that store is opened -- never by ``import kmsenvelope``.
-LAZY = {"psycopg": ("migrate.postgres_store",)}
+LAZY = {
+    "psycopg": ("migrate.postgres_store",),
+    "dask": ("migrate.distributed",),
+    "distributed": ("migrate.distributed",),
+}
 
 
 def _room_of(module: str) -> int | None:

@@ -2,6 +2,8 @@
 
 Both take files and directories, or one store URL (``SCHEME://…``, e.g.
 ``sqlite:///app.db?table=T&key=ID&column=ENV``) opened through the stores plugins register.
+``migrate STORE_URL --dask ADDRESS`` (or ``--dask local``) runs the job in shards on a Dask
+cluster (:mod:`kmsenvelope.migrate.distributed`; dask is imported only then).
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from ..migrate import (
     open_store,
     parse_store_url,
 )
+from ..migrate.distributed import DaskSession, dask_session, migrate_sharded
 from ..migrate.fs_store import LINK_SKIPPED
-from ..migrate.runner import NOT_AN_ENVELOPE
+from ..migrate.runner import NOT_AN_ENVELOPE, SHARD_SIZE
 from ..migrate.sqlite_store import NOT_TEXT_SKIPPED, NULL_SKIPPED
 from ..rewrapping import RewrapPlan
-from .context import CliContext, Subcommands, parse_pairs
+from .context import CliContext, Subcommands, parse_pairs, setting_dest
 from .progress import ProgressBar, end_status_line
 from .safe_text import printable
 from .signals import exit_code_for
@@ -184,15 +187,21 @@ def _finish(report: MigrationReport, args: argparse.Namespace, dry_run: bool) ->
     return 0
 
 
+RESUME_HINT = "; run the same command with --resume to continue"
+RERUN_HINT = (
+    "; run the same command again to continue (envelopes already re-wrapped are skipped "
+    "after reading their header)"
+)
+
+
 def _interrupted(
-    stop: MigrationInterrupted, args: argparse.Namespace, dry_run: bool, resumable: bool
+    stop: MigrationInterrupted, args: argparse.Namespace, dry_run: bool, hint: str = ""
 ) -> int:
     """Ctrl-C (or SIGTERM/SIGHUP): the job has stopped cleanly; write the report, say what was
-    done and how to go on; exit 130 (128 + the signal number)."""
+    done and how to go on (``hint``); exit 130 (128 + the signal number)."""
     end_status_line()
     _write_report(stop.report, args)
     _print_summary(stop.report, args.quiet, dry_run)
-    hint = "; run the same command with --resume to continue" if resumable else ""
     print(f"kmsenvelope: interrupted{hint}", file=sys.stderr)
     return exit_code_for(stop.interrupt)
 
@@ -210,7 +219,7 @@ def _rewrap(ctx: CliContext, args: argparse.Namespace) -> int:
     try:
         report = migrate(store, _engine(ctx, args), plan, concurrency=1)
     except MigrationInterrupted as stop:
-        return _interrupted(stop, args, dry_run=False, resumable=False)
+        return _interrupted(stop, args, dry_run=False)
     finally:
         _close(store)
     if not args.quiet:
@@ -246,6 +255,8 @@ def _migrate(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
     url = _store_url(args.paths)
+    if args.dask is not None:
+        return _migrate_on_dask(ctx, args, plan, url)
     job = _job(args, url)
     journal_path = None
     if not args.dry_run:
@@ -288,13 +299,107 @@ def _run_migration(
     except MigrationInterrupted as stop:
         if bar is not None:
             bar.close(complete=False)
-        return _interrupted(stop, args, args.dry_run, resumable=journal is not None)
+        return _interrupted(stop, args, args.dry_run, RESUME_HINT if journal is not None else "")
     finally:
         if journal is not None:
             journal.close()
     if bar is not None:
         bar.close(complete=True)
     return _finish(report, args, dry_run=args.dry_run)
+
+
+def _migrate_on_dask(
+    ctx: CliContext, args: argparse.Namespace, plan: RewrapPlan, url: StoreURL | None
+) -> int:
+    """``migrate STORE_URL --dask ADDRESS``: the keys are listed here, with this machine's
+    credentials, and re-wrapped in shards by the cluster's workers, each with its own
+    configuration and credentials. No journal: a re-run skips what is done by its header."""
+    if url is None:
+        raise ConfigError(
+            "--dask needs a store URL (s3://…, az://…, postgresql://…, sqlite:///…): the "
+            "workers open the store themselves; for files and folders, run without --dask"
+        )
+    if args.resume or args.journal:
+        raise ConfigError(
+            "--resume and --journal do not apply with --dask: an envelope already re-wrapped "
+            "is skipped after reading its header, so run the same command again to resume"
+        )
+    given = [o.flag for o in ctx.registry.setting_options if getattr(args, setting_dest(o), None)]
+    if given:
+        raise ConfigError(
+            f"{given[0]} does not reach the workers with --dask: set it in their own "
+            "configuration or environment"
+        )
+    if args.shard_size < 1:
+        raise ConfigError("--shard-size must be at least 1")
+    engine = _engine(ctx, args)
+    store = _open_store(ctx, url)  # lists the keys on this machine
+    try:
+        with dask_session(args.dask) as session:
+            _announce(session, args.quiet)
+            bar = _ClusterProgress(args.quiet)
+            try:
+                report = migrate_sharded(
+                    session.client,
+                    args.paths[0],
+                    engine,
+                    plan,
+                    concurrency=args.concurrency,
+                    dry_run=args.dry_run,
+                    shard_size=args.shard_size,
+                    progress=bar,
+                    listing=store,
+                    config_path=getattr(args, "config", None),
+                    profile=getattr(args, "profile", None),
+                )
+            except MigrationInterrupted as stop:
+                bar.close(complete=False)
+                return _interrupted(stop, args, args.dry_run, RERUN_HINT)
+            bar.close(complete=True)
+    finally:
+        _close(store)
+    return _finish(report, args, dry_run=args.dry_run)
+
+
+def _announce(session: DaskSession, quiet: bool) -> None:
+    """Where the job runs, on how many workers, and the cluster's dashboard."""
+    if quiet:
+        return
+    dashboard = f"; dashboard: {session.dashboard}" if session.dashboard else ""
+    print(
+        printable(
+            f"kmsenvelope: migrating on {session.where} ({session.workers} workers){dashboard}"
+        ),
+        file=sys.stderr,
+    )
+
+
+class _ClusterProgress:
+    """Counts from finished shards: the status line on a terminal, else a line every
+    :data:`STATUS_EVERY` seconds (a cluster job may run for hours, its stderr in a log)."""
+
+    STATUS_EVERY = 10.0
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = _MigrationBar() if sys.stderr.isatty() and not quiet else None
+        self.last = 0.0
+
+    def __call__(self, p: MigrationProgress) -> None:
+        if self.bar is not None:
+            self.bar(p)
+        elif not self.quiet and p.elapsed - self.last >= self.STATUS_EVERY:
+            self.last = p.elapsed
+            listed = f"{p.total}+ listed" if p.listing else f"{p.total}"
+            print(
+                f"kmsenvelope: {p.done + p.failed} of {listed} items done ({p.failed} failed), "
+                f"{p.rate:.0f}/s",
+                file=sys.stderr,
+            )
+
+    def close(self, complete: bool) -> None:
+        if self.bar is not None:
+            self.bar.close(complete)
 
 
 def _allow_option(parser: argparse.ArgumentParser) -> None:
@@ -415,5 +520,21 @@ def add_migrate_commands(sub: Subcommands) -> None:
     )
     m.add_argument(
         "--report", metavar="FILE", help="write a JSON report of every outcome (also on Ctrl-C)"
+    )
+    m.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the job on the Dask cluster whose scheduler is at ADDRESS (tcp://HOST:PORT), "
+        "or on a local cluster of worker processes with 'local' (needs kmsenvelope[dask] and a "
+        "store URL). Each worker opens the store and the keys with its own configuration and "
+        "credentials; --concurrency is per worker, --rate-limit is shared out among the workers; "
+        "no journal: running the command again skips what is done",
+    )
+    m.add_argument(
+        "--shard-size",
+        type=int,
+        default=SHARD_SIZE,
+        metavar="N",
+        help=f"with --dask: keys per task (default {SHARD_SIZE})",
     )
     m.set_defaults(handler=_migrate)

@@ -8,13 +8,20 @@ with ``kmsenvelope_register_stores``) -- concurrently, with
 per-provider bounds and retries (:class:`GuardedEngine`, :class:`CallPolicy`), verifying each
 new envelope before the store replaces it, and recording progress in a :class:`Journal` so a
 killed job resumes without redoing or skipping work.
+
+Past one machine, ``migrate(url, engine, plan, executor=…)`` (or :func:`migrate_sharded`) runs
+the job in shards on a ``dask.distributed.Client`` or any ``concurrent.futures.Executor``:
+each shard (:func:`run_shard`, told a :class:`ShardJob` that holds no secret) opens its own
+store and engine on its worker. dask is imported only when a Dask cluster is used.
 """
 
 from ..rewrapping import RewrapPlan
+from .distributed import migrate_sharded
 from .fs_store import FileOps, FilesystemStore
 from .guard import CallPolicy, GuardedEngine, JobCancelled, RateLimiter
 from .journal import Journal, default_journal_path
 from .runner import MigrationInterrupted, MigrationProgress, MigrationReport, migrate
+from .shards import ShardJob, run_shard
 from .sqlite_store import SqliteStore
 from .store import EnvelopeStore, ItemSkipped, StoredItem, VersionedStore
 from .store_urls import StoreURL, is_store_url, open_store, parse_store_url
@@ -33,6 +40,7 @@ __all__ = [
     "MigrationReport",
     "RateLimiter",
     "RewrapPlan",
+    "ShardJob",
     "SqliteStore",
     "StoreURL",
     "StoredItem",
@@ -40,6 +48,8 @@ __all__ = [
     "default_journal_path",
     "is_store_url",
     "migrate",
+    "migrate_sharded",
     "open_store",
     "parse_store_url",
+    "run_shard",
 ]

@@ -7,20 +7,24 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..engine import Engine
 from ..errors import KmsEnvelopeError, MalformedEnvelopeError
 from ..format.compact import ArmorWriter, PrefixedReader, open_envelope_stream
 from ..format.header import MAGIC, read_header
-from ..kek import KeyEncryptionKey
+from ..kek import KeyEncryptionKey, WrappedKey
 from ..rewrapping import RewrapPlan, matches, rewrap_header
+from ..trust import KeyRecognizer
 from .guard import CallPolicy, JobCancelled
 from .journal import Journal
 from .store import EnvelopeStore, ItemSkipped, VersionedStore
 from .store_urls import open_store
+
+if TYPE_CHECKING:
+    from .distributed import DaskClient
 
 __all__ = ["MigrationInterrupted", "MigrationProgress", "MigrationReport", "migrate"]
 
@@ -29,6 +33,9 @@ NOT_AN_ENVELOPE = "not an envelope"
 LIST_AHEAD = 100_000
 """Keys a store may have listed ahead of the work (about 10 MB of keys): a job over millions of
 items holds this many at most, and one over fewer knows its total (and ETA) early."""
+SHARD_SIZE = 500
+"""Keys per task of a job run on an executor: large enough that a task's set-up (store client,
+engine) is paid once for many envelopes, small enough that a lost worker costs little to redo."""
 
 
 @dataclass
@@ -170,6 +177,48 @@ def _describe_plan(plan: RewrapPlan, recipients: Sequence[str]) -> str | None:
     return "; ".join(parts) or None
 
 
+def plan_already_met(
+    engine: Engine,
+    plan: RewrapPlan,
+    recipients: Sequence[WrappedKey],
+    keys: Sequence[KeyEncryptionKey] = (),
+) -> bool:
+    """Whether an envelope with these recipients already is what ``plan`` makes of it, judged
+    from its header: nothing to remove, every key to add present, no rotation asked.
+
+    No wrap or unwrap call is made. A key to add named otherwise than it is recorded (an AWS
+    alias, recorded as the key ARN) is recognized by the key itself (``KeyRecognizer``: one
+    lookup per opened key, remembered, never one per envelope).
+    """
+    if plan.rotate or plan.empty:
+        return False  # the current versions are only known by asking the providers
+    for r in recipients:
+        if r.provider in plan.remove_providers or any(matches(s, r) for s in plan.remove):
+            return False
+    return all(_present(engine, s, recipients, keys) for s in plan.add)
+
+
+def _present(
+    engine: Engine,
+    selector: str | KeyEncryptionKey,
+    recipients: Sequence[WrappedKey],
+    keys: Sequence[KeyEncryptionKey],
+) -> bool:
+    """Whether the key ``selector`` names is among ``recipients`` (by URI, then by the key)."""
+    if any(matches(selector, r) for r in recipients):
+        return True
+    if isinstance(selector, str):
+        supplied = [k for k in keys if k.key_id == selector]
+        # The provider's own key object (a GuardedEngine's hides the optional methods); opened
+        # once per engine and cached, as the wrap that would follow opens it anyway.
+        kek = supplied[0] if supplied else Engine.open_key(engine, selector)
+    else:
+        kek = selector
+    if not isinstance(kek, KeyRecognizer):
+        return False
+    return any(kek.recognizes(r.key_id) for r in recipients)
+
+
 class _Job:
     def __init__(
         self,
@@ -272,6 +321,11 @@ class _Job:
                 change = _describe_plan(self.plan, [r.key_id for r in header.recipients])
                 self.outcome(key, "would-change" if change else "unchanged", change)
                 return
+            if plan_already_met(self.engine, self.plan, header.recipients, self.keys):
+                # Done already (an earlier or a retried job): judged from the header alone,
+                # without a provider call, so re-running a job costs one read per item.
+                self.outcome(key, "unchanged", version=item.version)
+                return
             result = rewrap_header(self.engine, header, self.plan, self.keys)
             if not result.changed:
                 self.outcome(key, "unchanged", version=item.version)
@@ -306,6 +360,8 @@ def migrate(
     dry_run: bool = False,
     keys: Sequence[KeyEncryptionKey] = (),
     progress: Callable[[MigrationProgress], None] | None = None,
+    executor: Executor | DaskClient | None = None,
+    shard_size: int = SHARD_SIZE,
 ) -> MigrationReport:
     """Re-wrap every envelope in ``store`` by ``plan``; never raises for one bad item.
 
@@ -321,9 +377,30 @@ def migrate(
     On ``KeyboardInterrupt`` (Ctrl-C) the job stops promptly -- nothing new starts, calls
     waiting on a rate limit or backoff are abandoned (a ``GuardedEngine``'s policy) -- and
     :class:`MigrationInterrupted` is raised with the report of what was done.
+
+    ``executor`` (a ``dask.distributed.Client``, or any ``concurrent.futures.Executor``, a
+    ``ProcessPoolExecutor`` too) runs the job past this process: the keys are listed here and
+    sent ``shard_size`` at a time as tasks, each opening its own store and engine on its worker
+    from the worker's configuration and credentials (:mod:`kmsenvelope.migrate.distributed`).
+    ``store`` must then be a store URL; there is no journal (an envelope already done is
+    skipped after reading its header, so running the job again is safe), and ``concurrency``
+    and ``engine``'s rate limits are per worker process, the limits divided among the workers.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    if executor is not None:
+        return _migrate_on(
+            executor,
+            store,
+            engine,
+            plan,
+            concurrency=concurrency,
+            journal=journal,
+            dry_run=dry_run,
+            keys=keys,
+            progress=progress,
+            shard_size=shard_size,
+        )
     if isinstance(store, str):
         opened = open_store(store, engine.registry, engine.config)
         try:
@@ -333,6 +410,46 @@ def migrate(
             if callable(close):
                 close()
     return _migrate(store, engine, plan, concurrency, journal, dry_run, keys, progress)
+
+
+def _migrate_on(
+    executor: Executor | DaskClient,
+    store: EnvelopeStore | str,
+    engine: Engine,
+    plan: RewrapPlan,
+    *,
+    concurrency: int,
+    journal: Journal | None,
+    dry_run: bool,
+    keys: Sequence[KeyEncryptionKey],
+    progress: Callable[[MigrationProgress], None] | None,
+    shard_size: int,
+) -> MigrationReport:
+    """:func:`migrate` with an ``executor``; what cannot travel to workers is refused."""
+    if journal is not None:
+        raise ValueError(
+            "a job run on an executor keeps no journal: an envelope already re-wrapped is "
+            "skipped after reading its header, so run the same job again to resume it"
+        )
+    if keys:
+        raise TypeError("keys cannot be sent to workers: they open keys by URI themselves")
+    from .distributed import migrate_sharded  # imports no dask; it is used only when given
+
+    if not isinstance(store, str):
+        raise TypeError(
+            "a job run on an executor needs a store URL (s3://…, az://…, postgresql://…, "
+            "sqlite:///…): each worker opens the store itself; a store object cannot be sent"
+        )
+    return migrate_sharded(
+        executor,
+        store,
+        engine,
+        plan,
+        concurrency=concurrency,
+        dry_run=dry_run,
+        shard_size=shard_size,
+        progress=progress,
+    )
 
 
 def _migrate(
