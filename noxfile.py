@@ -135,8 +135,9 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(reuse_venv=False)  # the core must install into an empty virtualenv
 def wheels(session: nox.Session) -> None:
-    """Build the four wheels, install them into this fresh virtualenv with every extra (the
-    extras resolve from the built wheels through --find-links), then run the demo.
+    """Build the wheels (the core and every provider), install them into this fresh virtualenv
+    with every extra (the extras resolve from the built wheels through --find-links), then run
+    the demo.
 
     Catches an extra naming a distribution that is not built, a wheel missing a module or its
     entry point, and a provider that moves ``cryptography`` away from what the core chose.

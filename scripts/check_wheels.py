@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-PROVIDER_DISTRIBUTIONS = {"kmsenvelope-aws", "kmsenvelope-azure", "kmsenvelope-pkcs11"}
-SCHEMES = {"local", "aws-kms", "azure-kv", "pkcs11", "aws-cloudhsm"}
+PROVIDER_DISTRIBUTIONS = {
+    "kmsenvelope-aws",
+    "kmsenvelope-azure",
+    "kmsenvelope-gcp",
+    "kmsenvelope-pkcs11",
+    "kmsenvelope-vault",
+}
+SCHEMES = {"local", "aws-kms", "azure-kv", "gcp-kms", "pkcs11", "aws-cloudhsm", "vault-transit"}
 
 
 def _installed(report: Path) -> dict[str, dict[str, Any]]:
@@ -74,7 +80,10 @@ def main(dist: Path, core_report: Path, full_report: Path) -> None:
         problems.append(f"`kmsenvelope providers` does not list {', '.join(sorted(missing))}")
     if problems:
         sys.exit("wheels: " + "; ".join(problems))
-    print(f"wheels: all four installed from {dist}; cryptography stays {chosen}; schemes OK")
+    print(
+        f"wheels: all {1 + len(PROVIDER_DISTRIBUTIONS)} installed from {dist}; "
+        f"cryptography stays {chosen}; schemes OK"
+    )
 
 
 if __name__ == "__main__":

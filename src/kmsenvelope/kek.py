@@ -13,6 +13,7 @@ __all__ = [
     "KeyEncryptionKey",
     "ProviderFactory",
     "RotatableKey",
+    "ServiceRewrapKey",
     "WrappedKey",
     "scheme_of",
 ]
@@ -133,6 +134,22 @@ class RotatableKey(Protocol):
 
     def latest(self) -> KeyEncryptionKey:
         """This key at its current version (a versionless KEK)."""
+        ...
+
+
+@runtime_checkable
+class ServiceRewrapKey(Protocol):
+    """Optional extension of a ``RotatableKey`` whose service moves a wrapped key to the key's
+    current version by itself (Vault Transit's ``rewrap``): ``rewrap(rotate=True)`` then sends
+    the service the old wrapped key, never the data key.
+
+    ``rewrap_latest`` returns the new ``WrappedKey`` (``wrapped`` itself, or one naming the same
+    version, when it already is current), or None when the service cannot do it for this
+    wrapped key -- rotation then wraps the data key with ``latest()`` as for any other key.
+    """
+
+    def rewrap_latest(self, wrapped: WrappedKey, context: Mapping[str, str]) -> WrappedKey | None:
+        """``wrapped`` re-encrypted by the service under the key's current version, or None."""
         ...
 
 

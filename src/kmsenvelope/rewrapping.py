@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import io
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
 from .auditing import AuditSinkError
 from .engine import Engine
-from .errors import AuthenticationError, ConfigError, ProviderError
+from .errors import AuthenticationError, ConfigError, KmsEnvelopeError, ProviderError
 from .format.compact import ArmorWriter, open_envelope_stream, to_compact
 from .format.header import DEFAULT_LIMITS, Header, new_header, read_header
 from .format.keyschedule import derive_keys
-from .kek import KeyEncryptionKey, RotatableKey, WrappedKey
+from .kek import KeyEncryptionKey, RotatableKey, ServiceRewrapKey, WrappedKey
 
 __all__ = ["RewrapPlan", "RewrapResult", "matches", "rewrap_header", "rewrap_stream"]
 
@@ -139,10 +139,14 @@ def rewrap_header(
             kek = engine.open_key(r.key_id)
             if not isinstance(kek, RotatableKey):
                 continue
-            newest = kek.latest()
-            if newest is kek or newest.key_id == r.key_id:
-                continue  # already at the current version: no wrap, no provider call
-            w = engine._wrap_one(newest, dek, context)
+            by_service = _rewrap_in_service(engine, kek, r, context)
+            if by_service is None:
+                newest = kek.latest()
+                if newest is kek or newest.key_id == r.key_id:
+                    continue  # already at the current version: no wrap, no provider call
+                w = engine._wrap_one(newest, dek, context)
+            else:
+                w, newest = by_service, kek
             if w.key_id != r.key_id and not engine.key_allowed(w.key_id):
                 raise ConfigError(
                     f"rotating {r.key_id} would write {w.key_id}, which allowed_keys does not "
@@ -152,7 +156,7 @@ def rewrap_header(
             if w.key_id != r.key_id:
                 kept[index] = w
                 rotated.append(f"{r.key_id} -> {w.key_id}")
-                fresh.append((w, newest))
+                fresh.append((w, newest))  # verified before writing, however it was made
 
     added: list[str] = []
     for selector in plan.add:
@@ -186,6 +190,24 @@ def rewrap_header(
     return RewrapResult(
         encoded, True, tuple(added), tuple(removed), tuple(rotated), tuple(r.key_id for r in kept)
     )
+
+
+def _rewrap_in_service(
+    engine: Engine, kek: KeyEncryptionKey, wrapped: WrappedKey, context: Mapping[str, str]
+) -> WrappedKey | None:
+    """``kek.rewrap_latest`` for a ``ServiceRewrapKey`` (one audited ``wrap``), else None."""
+    if not isinstance(kek, ServiceRewrapKey):
+        return None
+    try:
+        with engine.audit.call("wrap", kek.key_id, None, context):
+            w = kek.rewrap_latest(wrapped, context)
+    except KmsEnvelopeError:
+        raise
+    except Exception as exc:
+        raise ProviderError(f"{kek.key_id}: rewrap failed: {exc}") from exc
+    if w is not None and (not isinstance(w, WrappedKey) or w.provider != wrapped.provider):
+        raise ProviderError(f"{kek.key_id}: rewrap_latest returned a foreign wrapped key")
+    return w
 
 
 def _verify(

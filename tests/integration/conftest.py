@@ -1,9 +1,10 @@
 """Fixtures for the cross-provider integration tests: moto, the Azure Key Vault emulator, and a
 ``World`` (working directory, kmsenvelope.toml, environment for the real CLI).
 
-The emulator helpers of ``tests/aws`` and ``tests/azure`` are reused by putting those folders on
-``sys.path`` (their module names -- ``aws_testing``, ``azure_kv_emulator``, ``azure_kv_cloud`` --
-are unique in the repository).
+The emulator helpers of ``tests/aws``, ``tests/azure``, ``tests/gcp`` and ``tests/vault`` are
+reused by putting those folders on ``sys.path`` (their module names -- ``aws_testing``,
+``azure_kv_emulator``, ``azure_kv_cloud``, ``kms_emulator``, ``transit_emulator`` -- are unique
+in the repository).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 _TESTS = Path(__file__).resolve().parent.parent
-for _folder in ("aws", "azure"):
+for _folder in ("aws", "azure", "gcp", "vault"):
     if str(_TESTS / _folder) not in sys.path:
         sys.path.insert(0, str(_TESTS / _folder))
 
@@ -24,6 +25,8 @@ from integration_world import World, clean_process_env  # noqa: E402
 
 if TYPE_CHECKING:
     from azure_kv_cloud import Cloud
+    from kms_emulator import KmsEmulator
+    from transit_emulator import TransitEmulator
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +64,32 @@ def azure_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         cloud.vault.stop()
         cloud.hsm.stop()
         authority.stop()
+
+
+@pytest.fixture
+def gcp_kms() -> Iterator[KmsEmulator]:
+    """The Cloud KMS emulator of tests/gcp (gRPC and REST) on free ports of 127.0.0.1."""
+    pytest.importorskip("kmsenvelope_gcp")
+    from kms_emulator import KmsEmulator
+
+    kms = KmsEmulator().start()
+    try:
+        yield kms
+    finally:
+        kms.stop()
+
+
+@pytest.fixture
+def vault_transit() -> Iterator[TransitEmulator]:
+    """The Vault Transit emulator of tests/vault (HTTP on a free port of 127.0.0.1)."""
+    pytest.importorskip("kmsenvelope_vault")
+    from transit_emulator import TransitEmulator
+
+    vault = TransitEmulator().start()
+    try:
+        yield vault
+    finally:
+        vault.stop()
 
 
 @pytest.fixture

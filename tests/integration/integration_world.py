@@ -32,6 +32,11 @@ CLI_TIMEOUT = 600
 _AMBIENT = (
     "AWS_",
     "AZURE_",
+    "GOOGLE_",
+    "CLOUDSDK_",
+    "GCE_",
+    "VAULT_",
+    "BAO_",
     "KMSENVELOPE_",
     "IDENTITY_",
     "MSI_",
@@ -94,6 +99,11 @@ def pin(uri: str) -> str:
     if uri.startswith("azure-kv:"):
         base, _, rest = uri.partition("/keys/")
         return f"{base}/keys/{rest.split('/')[0]}/*"
+    if uri.startswith("gcp-kms:"):
+        return uri.split("/cryptoKeyVersions/")[0] + "/cryptoKeyVersions/*"
+    if uri.startswith("vault-transit:"):
+        base, _, rest = uri.partition("/keys/")
+        return f"{base}/keys/{rest.split('/')[0]}/*"
     return uri.split(":", 1)[0] + ":*" if uri.startswith("local:") else uri
 
 
@@ -109,7 +119,9 @@ class World:
         self.allowed: list[str] = []  # the config's allowed_keys (strict default when empty)
         self.env = {
             **{k: v for k, v in os.environ.items() if not _ambient(k)},
-            "KMSENVELOPE_PLUGINS": "local,aws-kms,azure-kv",
+            "KMSENVELOPE_PLUGINS": "local,aws-kms,azure-kv,gcp-kms,vault-transit",
+            "CLOUDSDK_CONFIG": str(root / "gcloud"),
+            "NO_GCE_CHECK": "True",
             "KMSENVELOPE_KEYSTORE_PASSPHRASE": PASSPHRASE,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
@@ -167,15 +179,19 @@ class World:
 
     def engine(self, **overrides: Mapping[str, Any]) -> Engine:
         """A fresh in-process engine with the same provider settings (``overrides`` per scheme,
-        e.g. ``aws_kms={"endpoint_url": dead}``), holding only the three plugins."""
+        e.g. ``aws_kms={"endpoint_url": dead}``), holding only the first-party plugins."""
         import kmsenvelope.local.plugin
         import kmsenvelope_aws.plugin
         import kmsenvelope_azure.plugin
+        import kmsenvelope_gcp.plugin
+        import kmsenvelope_vault.plugin
 
         registry = ProviderRegistry()
         registry.add_plugin(kmsenvelope.local.plugin, name="local")
         registry.add_plugin(kmsenvelope_aws.plugin, name="aws-kms")
         registry.add_plugin(kmsenvelope_azure.plugin, name="azure-kv")
+        registry.add_plugin(kmsenvelope_gcp.plugin, name="gcp-kms")
+        registry.add_plugin(kmsenvelope_vault.plugin, name="vault-transit")
         providers = {k: dict(v) for k, v in self.providers.items()}
         for name, table in overrides.items():
             scheme = name.replace("_", "-")

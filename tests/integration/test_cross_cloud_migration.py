@@ -1,6 +1,7 @@
-"""Issue 5, "Done when": 1,000 envelopes migrate local -> aws-kms (moto) -> azure-kv (emulated Key
-Vault RSA key + Managed HSM oct-HSM key) -> local (a second key in a new keystore), removing the
-old provider at each step, through the real ``kmsenvelope migrate`` CLI.
+"""Issues 5 and 16: 1,000 envelopes migrate local -> aws-kms (moto) -> azure-kv (emulated Key
+Vault RSA key + Managed HSM oct-HSM key) -> gcp-kms (the Cloud KMS emulator, over gRPC) ->
+vault-transit (the Transit emulator) -> local (a second key in a new keystore), removing the old
+provider at each step, through the real ``kmsenvelope migrate`` CLI.
 
 After each step, with the previous provider made unavailable: every envelope decrypts to its
 original plaintext (through ``Engine.decrypt`` and through each recipient on its own), has
@@ -33,6 +34,8 @@ from integration_world import (
 
 if TYPE_CHECKING:
     from azure_kv_cloud import Cloud
+    from kms_emulator import KmsEmulator
+    from transit_emulator import TransitEmulator
 
 COUNT = 1000
 COMPACT = 25
@@ -100,8 +103,14 @@ def _restart(service: Any) -> None:
         service.start()
 
 
-def test_1000_envelopes_local_to_aws_to_azure_to_local(
-    world: World, moto_endpoint: str, azure_cloud: Cloud, record_property: Any
+def test_1000_envelopes_local_to_aws_to_azure_to_gcp_to_vault_to_local(
+    world: World,
+    moto_endpoint: str,
+    azure_cloud: Cloud,
+    gcp_kms: KmsEmulator,
+    vault_transit: TransitEmulator,
+    record_property: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from azure_kv_cloud import unique
 
@@ -124,8 +133,31 @@ def test_1000_envelopes_local_to_aws_to_azure_to_local(
     oct_versioned = f"azure-kv:{oct_key.id}"
     rsa_uri = rsa_versioned.rsplit("/", 1)[0]
     oct_uri = oct_versioned.rsplit("/", 1)[0]
+    gcp_uri = "gcp-kms:" + gcp_kms.create_key(f"mig-{uuid.uuid4().hex[:8]}")
+    gcp_versioned = f"{gcp_uri}/cryptoKeyVersions/1"
+    world.configure(
+        "gcp-kms",
+        {
+            "emulator_host": gcp_kms.grpc_host,
+            "retry_initial": 0.01,
+            "retry_maximum": 0.05,
+            "retry_deadline": 1.5,
+        },
+    )
+    vault_transit.create_key("migration")
+    vault_uri = f"vault-transit:{vault_transit.address}/transit/keys/migration"
+    vault_versioned = f"{vault_uri}/1"
+    world.env["VAULT_TOKEN"] = vault_transit.root_token  # the CLI's, and this process's:
+    monkeypatch.setenv("VAULT_TOKEN", vault_transit.root_token)
     # The user's own keys in each cloud: the only ones its envelopes may make us contact.
-    world.allow("local:first", f"aws-kms:{arn}", rsa_versioned, oct_versioned)
+    world.allow(
+        "local:first",
+        f"aws-kms:{arn}",
+        rsa_versioned,
+        oct_versioned,
+        gcp_versioned,
+        vault_versioned,
+    )
 
     # -- 1,000 envelopes for local:first ------------------------------------------------------
     data = world.root / "data"
@@ -178,24 +210,48 @@ def test_1000_envelopes_local_to_aws_to_azure_to_local(
     )
     timings["verify after step 2"] = time.monotonic() - t
 
-    # -- step 3: azure-kv -> local:second in a brand-new keystore (the first one is destroyed);
-    #    then both Azure services are stopped and AWS stays unreachable -----------------------
-    shutil.rmtree(world.root / "keystore-gone")
-    made = world.cli("keys", "create", "second")
-    assert made.returncode == 0, made.stderr
+    # -- step 3: azure-kv -> gcp-kms; both Azure services are then stopped -------------------
     report = world.root / "report-3.json"
-    timings["migrate azure->local (CLI)"] = _migrate(
-        world, data, ["local:second"], "azure-kv", report
-    )
+    timings["migrate azure->gcp (CLI)"] = _migrate(world, data, [gcp_uri], "azure-kv", report)
     assert_report(report, migrated=COUNT, skipped=skipped)
+    dead = {"endpoint_url": dead_aws, "max_attempts": 1}
+    dead_env = {
+        "KMSENVELOPE_PROVIDERS__AWS_KMS__ENDPOINT_URL": dead_aws,
+        "KMSENVELOPE_PROVIDERS__AWS_KMS__MAX_ATTEMPTS": "1",
+    }
     azure_cloud.vault.stop()
     azure_cloud.hsm.stop()
     try:
         t = time.monotonic()
-        dead = {"endpoint_url": dead_aws, "max_attempts": 1}
-        check_corpus(world.engine(aws_kms=dead), corpus, ["local:second/1"])
-        _cli_checks(world, corpus, ["local:second/1"])
+        check_corpus(world.engine(aws_kms=dead), corpus, [gcp_versioned])
+        _cli_checks(world, corpus, [gcp_versioned], env=dead_env)
         timings["verify after step 3"] = time.monotonic() - t
+
+        # -- step 4: gcp-kms -> vault-transit; the Cloud KMS emulator is then stopped --------
+        report = world.root / "report-4.json"
+        timings["migrate gcp->vault (CLI)"] = _migrate(world, data, [vault_uri], "gcp-kms", report)
+        assert_report(report, migrated=COUNT, skipped=skipped)
+        gcp_kms.stop()
+        t = time.monotonic()
+        check_corpus(world.engine(aws_kms=dead), corpus, [vault_versioned])
+        _cli_checks(world, corpus, [vault_versioned], env=dead_env)
+        timings["verify after step 4"] = time.monotonic() - t
+
+        # -- step 5: vault-transit -> local:second in a brand-new keystore (the first one is
+        #    destroyed); then Vault is stopped too and AWS stays unreachable ------------------
+        shutil.rmtree(world.root / "keystore-gone")
+        made = world.cli("keys", "create", "second")
+        assert made.returncode == 0, made.stderr
+        report = world.root / "report-5.json"
+        timings["migrate vault->local (CLI)"] = _migrate(
+            world, data, ["local:second"], "vault-transit", report
+        )
+        assert_report(report, migrated=COUNT, skipped=skipped)
+        vault_transit.stop()
+        t = time.monotonic()
+        check_corpus(world.engine(aws_kms=dead), corpus, ["local:second/1"])
+        _cli_checks(world, corpus, ["local:second/1"], env=dead_env)
+        timings["verify after step 5"] = time.monotonic() - t
     finally:
         _restart(azure_cloud.vault)
         _restart(azure_cloud.hsm)

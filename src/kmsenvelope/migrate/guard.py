@@ -14,7 +14,7 @@ from typing import TypeVar
 from ..config import Config
 from ..engine import KEK_CACHE_SIZE, Engine
 from ..errors import ProviderUnavailableError
-from ..kek import KeyEncryptionKey, RotatableKey, WrappedKey, scheme_of
+from ..kek import KeyEncryptionKey, RotatableKey, ServiceRewrapKey, WrappedKey, scheme_of
 from ..plugins import ProviderRegistry
 from ..trust import LruCache
 
@@ -161,6 +161,12 @@ class _GuardedKEK:
         if isinstance(self._inner, RotatableKey):
             return _GuardedKEK(self._inner.latest(), self._policy)
         return self
+
+    def rewrap_latest(self, wrapped: WrappedKey, context: Mapping[str, str]) -> WrappedKey | None:
+        inner = self._inner
+        if not isinstance(inner, ServiceRewrapKey):
+            return None
+        return self._policy.call(self._scheme, lambda: inner.rewrap_latest(wrapped, context))
 
 
 class GuardedEngine(Engine):
