@@ -653,6 +653,13 @@ def _pattern_problem(pattern: str) -> str | None:
             "after it before any wildcard (e.g. 'arn:aws:kms:eu-west-1:111122223333:key/*'; "
             "a wildcard in or before an account id also matches other accounts)"
         )
+    if _project_left_open(literal):
+        return (
+            f"{pattern!r}: spell the resource name out up to and including the project id and "
+            "the '/' after it before any wildcard (e.g. 'gcp-kms:projects/acme-prod/*'; a "
+            "wildcard in or before a project id also matches other projects, e.g. "
+            "'projects/acme*' matches 'projects/acme-attacker')"
+        )
     return None
 
 
@@ -669,6 +676,14 @@ def _account_left_open(literal: str) -> bool:
     if literal.startswith("arn:"):
         return literal.count(":") < 5
     return "arn:".startswith(literal)
+
+
+def _project_left_open(literal: str) -> bool:
+    """Whether a wildcard right after ``literal`` could still choose a Google Cloud resource
+    name's project (``projects/PROJECT/…``: the project ends at the second '/')."""
+    if literal.startswith("projects/"):
+        return literal.count("/") < 2
+    return "projects/".startswith(literal)
 
 
 def check_allowed_keys(patterns: Sequence[str], *, source: str = "allowed_keys") -> tuple[str, ...]:
