@@ -53,9 +53,20 @@ def envelopes(count: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
 
 
 def migrated(bucket: str, originals: dict[str, bytes]) -> int:
-    """How many objects differ from what was put (read from moto's backend: cheap)."""
+    """How many objects differ from what was put (read from moto's backend: cheap). Polled
+    while the job runs: an object replaced while it is read (moto closes the old one's buffer)
+    is read again."""
     store = backend()
-    return sum(bytes(store.get_object(bucket, k).value) != v for k, v in originals.items())
+
+    def current(key: str) -> bytes:
+        for _ in range(100):
+            try:
+                return bytes(store.get_object(bucket, key).value)
+            except ValueError:  # "I/O operation on closed file": replaced meanwhile
+                time.sleep(0.01)
+        raise AssertionError(f"{key} could not be read")
+
+    return sum(current(k) != v for k, v in originals.items())
 
 
 @pytest.mark.slow
