@@ -170,8 +170,13 @@ def test_20_percent_faults_on_every_kms_call_lose_nothing(setup: Setup) -> None:
     _migrate_and_check(setup, dice, operations)
     summary = json.loads((setup.world.root / "report.json").read_text())["summary"]
     # With max_attempts = 1 every injected fault -- on resolve, wrap and the verification
-    # unwrap alike -- is retried exactly once by the migration's call policy.
-    assert summary["provider_retries"] == dice.total(operations) > 0, dict(dice.injected)
+    # unwrap alike -- is retried exactly once by the migration's call policy. A loaded machine
+    # may add a real transient failure of its own (seen once in CI: 186 retries for 185
+    # injected faults, with the CPU saturated): at most two such are tolerated; a retry per
+    # fault more (or none) is still caught.
+    injected = dice.total(operations)
+    assert injected > 0
+    assert injected <= summary["provider_retries"] <= injected + 2, dict(dice.injected)
 
 
 def test_one_throttled_verification_unwrap_is_retried(world: World, moto_endpoint: str) -> None:
