@@ -13,16 +13,28 @@ Measured, encrypt and decrypt, each (subject, work, operation) in a fresh proces
   local software HSM in-process (audit on, ``audit_sync`` default ``batch``, and ``always``)
   and through a real ``kmsenvelope hsm serve`` daemon, kmsenvelope with the data-key cache,
   Tink KmsEnvelopeAead with a local KEK, the AWS ESDK (raw AES keyring; and its legacy raw
-  master key), a bare envelope; each run lasts ``--message-seconds`` (or, with ``--messages
-  N``, N messages), and every row also gets its ratio to kmsenvelope's in-process-KEK row;
+  master key), a bare envelope, the v1 format floor; every row also gets its ratio to
+  kmsenvelope's in-process-KEK row;
+- 1 KiB messages with the KMS 1 ms away (each key-encryption key sleeps 1 ms per wrap and
+  unwrap): kmsenvelope without and with the data-key cache, Tink KmsEnvelopeAead, the AWS
+  ESDK with its caching materials manager; ratios to Tink's row;
 - peak RSS while streaming 2 GiB through kmsenvelope, reset after setup.
 
-Every timing is the median of ``--runs`` runs (after one warm-up run); every ratio divides two
-medians from this run. File runs start after ``os.sync()`` with the output deleted, so that one
-run's write-back does not slow the next, and each file subject's ratio uses a copy of the same
-file timed just before each of its runs, in the same process (a paired baseline). Prints the
-table; writes ``results/latest.json`` and ``results/latest.png``. ``--quick`` shrinks
-everything for a smoke run; ``--only messages`` and ``--subjects a,b`` run a part.
+Messages are timed for a fixed duration, never a fixed count: each worker process times
+``--message-runs`` runs of ``--message-seconds`` (after a warm-up run), each run paired with
+a run of the work's baseline (Tink KmsEnvelopeAead) in the same process, just before or after
+it; the whole message plan is run ``--rounds`` times, interleaved (every subject once per
+round, in fresh processes). A row's rate is the median of all its runs; its ratio to the
+baseline is the median of the run-by-run ratios (which a slow spell of a shared machine moves
+far less than it moves rates measured minutes apart), and the report gives the spread of the
+per-round ratios.
+
+Every other timing is the median of ``--runs`` runs (after one warm-up run); every ratio
+divides two medians from this run. File runs start after ``os.sync()`` with the output deleted,
+so that one run's write-back does not slow the next, and each file subject's ratio uses a copy
+of the same file timed just before each of its runs, in the same process (a paired baseline).
+Prints the table; writes ``results/latest.json`` and ``results/latest.png``. ``--quick``
+shrinks everything for a smoke run; ``--only messages`` and ``--subjects a,b`` run a part.
 """
 
 from __future__ import annotations
@@ -58,6 +70,13 @@ MESSAGE_SUBJECTS = [
     "esdk",
     "esdk-masterkey",
 ]
+# 1 KiB only, every KEK 1 ms away (benchmarks/subjects.py: DistantKEK and its peers' twins).
+DISTANT_SUBJECTS = [
+    "kmsenvelope-1ms",
+    "kmsenvelope-cache-1ms",
+    "tink-envelope-1ms",
+    "esdk-cache-1ms",
+]
 # Milliseconds per message: with a fixed --messages count they do a hundredth of it.
 SLOW = {"esdk", "esdk-masterkey", "kmsenvelope-local", "kmsenvelope-local-always"}
 
@@ -72,9 +91,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--message-seconds",
         type=float,
-        default=1.0,
+        default=0.5,
         metavar="S",
-        help="each message run lasts S seconds (default 1.0)",
+        help="each message run lasts S seconds (default 0.5)",
+    )
+    parser.add_argument(
+        "--message-runs",
+        type=int,
+        default=3,
+        metavar="N",
+        help="timed message runs per worker process, per round (default 3)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        metavar="R",
+        help="the message plan is run R times, interleaved (default 3)",
     )
     parser.add_argument(
         "--messages",
@@ -101,14 +134,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.file_mib, args.memory_mib, args.rss_mib = 32, 32, 64
-        args.message_seconds, args.runs = 0.25, 3
+        args.message_seconds, args.runs, args.message_runs, args.rounds = 0.2, 3, 2, 1
         if args.messages is not None:
             args.messages = min(args.messages, 2000)
     works = set(filter(None, args.only.split(",")))
     unknown = works - {"file", "memory", "messages", "rss"}
     if unknown:
         parser.error(f"--only: unknown part(s): {', '.join(sorted(unknown))}")
-    known = {"copy", *FILE_SUBJECTS, *MEMORY_SUBJECTS, *MESSAGE_SUBJECTS, "kmsenvelope-local"}
+    if min(args.runs, args.message_runs, args.rounds) < 1:
+        parser.error("--runs, --message-runs and --rounds must be at least 1")
+    known = {"copy", *FILE_SUBJECTS, *MEMORY_SUBJECTS, *MESSAGE_SUBJECTS, *DISTANT_SUBJECTS}
     picked = set(filter(None, args.subjects.split(",")))
     if picked - known:
         parser.error(f"--subjects: unknown: {', '.join(sorted(picked - known))}")
@@ -130,7 +165,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         )
     except subprocess.TimeoutExpired:
         result = {"error": f"worker killed after {limit:g} s"}
-        result.update({k: task[k] for k in ("work", "op", "subject")})
+        result.update({k: task[k] for k in ("work", "op", "subject", "round") if k in task})
         return result
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -139,12 +174,12 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         result = json.loads(lines[-1])
         if "error" in result:
             result["error"] += f" | {proc.stderr.strip().splitlines()[-1:]}"
-    result.update({k: task[k] for k in ("work", "op", "subject")})
+    result.update({k: task[k] for k in ("work", "op", "subject", "round") if k in task})
     return result
 
 
 def progress(result: dict[str, Any]) -> None:
-    what = f"{result['work']:<12} {result['op']:<8} {result['subject']:<20}"
+    what = f"{result['work']:<18} {result['op']:<8} {result['subject']:<22}"
     if "skipped" in result:
         print(f"  {what} skipped: {result['skipped']}", flush=True)
     elif "error" in result:
@@ -206,18 +241,28 @@ def main(argv: list[str] | None = None) -> None:
                     )
         if "messages" in works:
             fixed = args.messages
-            for size, work, count in (
-                (1024, "messages-1k", fixed),
-                (65536, "messages-64k", None if fixed is None else max(fixed // 8, 50)),
+            message_plan: list[dict[str, Any]] = []
+            for size, work, count, subjects in (
+                (1024, "messages-1k", fixed, MESSAGE_SUBJECTS),
+                (1024, "messages-1k-kms1ms", None, DISTANT_SUBJECTS),
+                (
+                    65536,
+                    "messages-64k",
+                    None if fixed is None else max(fixed // 8, 50),
+                    MESSAGE_SUBJECTS,
+                ),
             ):
-                for subject in filter(wanted, MESSAGE_SUBJECTS):
+                for subject in filter(wanted, subjects):
                     amount: dict[str, Any] = {"seconds": args.message_seconds}
+                    if work in report.BASELINE:  # timed run by run beside the baseline
+                        amount["pair"] = report.BASELINE[work]
                     if count is not None:
                         amount = {"count": max(count // 100, 20) if subject in SLOW else count}
                     for op in ("encrypt", "decrypt"):
-                        plan.append(
+                        message_plan.append(
                             {
                                 **common,
+                                "runs": args.message_runs,
                                 "work": work,
                                 "op": op,
                                 "subject": subject,
@@ -225,9 +270,11 @@ def main(argv: list[str] | None = None) -> None:
                                 **amount,
                             }
                         )
+            for round_ in range(args.rounds):  # interleaved: every subject once per round
+                plan.extend({**task, "round": round_} for task in message_plan)
         if "file" in works and args.file_mib != max(args.file_mib, args.memory_mib):
             print("note: the file source is larger than --file-mib; sizes are those of the file")
-        print(f"{len(plan)} measurements, {args.runs} runs each:", flush=True)
+        print(f"{len(plan)} measurements:", flush=True)
         for task in plan:
             result = run_task(task)
             progress(result)
@@ -260,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "latest.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "rss": rss, "targets": goals}, indent=1) + "\n"
     )
-    title = f"kmsenvelope vs peers — {meta['date']}, {meta['machine']}, medians of {args.runs} runs"
+    title = f"kmsenvelope vs peers — {meta['date']}, {meta['machine']}, medians"
     try:
         report.chart(rows, args.out / "latest.png", title)
     except ImportError as exc:

@@ -13,12 +13,21 @@ WORK_TITLES = {
     "file": "file → file",
     "memory": "in memory (BytesIO → sink)",
     "messages-1k": "1 KiB messages",
+    "messages-1k-kms1ms": "1 KiB messages, KMS 1 ms away",
     "messages-64k": "64 KiB messages",
 }
-BASELINE = {"file": "copy", "memory": "bare", "messages-1k": "tink-envelope"}
+BASELINE = {
+    "file": "copy",
+    "memory": "bare",
+    "messages-1k": "tink-envelope",
+    "messages-1k-kms1ms": "tink-envelope-1ms",
+}
 # Every message row also gets its ratio to this one (the engine with an in-process KEK): what a
 # provider (the local HSM in-process, its daemon, a cache) costs or saves per message.
 MESSAGE_REFERENCE = "kmsenvelope"
+REFERENCES = {"messages-1k-kms1ms": "kmsenvelope-1ms"}  # works with a reference of their own
+# Issue 17: 1 KiB, in-process KEK, no cache, against Tink KmsEnvelopeAead (encrypt, decrypt).
+TINK_TARGETS = {"encrypt": 0.9, "decrypt": 0.65}
 # Issue 13: 1 KiB encrypts per second, from one client process, with the default audit setting.
 RATE_TARGETS = (
     ("kmsenvelope-local", "local provider in-process (audit batch)", 20_000.0),
@@ -32,13 +41,24 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in results:
         key = (r["work"], r["op"], r["subject"])
         row = merged.get(key)
+        if "counts" in r:  # the median rate of each round, for the spread between rounds
+            rates = [n / t for n, t in zip(r["counts"], r["times"], strict=True)]
+            r = {**r, "round_rates": [statistics.median(rates)]}
+            if "paired_counts" in r:  # and the median of its run-by-run ratios
+                r["round_ratios"] = [statistics.median(_pair_ratios(r))]
         if row is None:
             merged[key] = dict(r)
-        elif "times" in r and "times" in row:  # the copy baseline is measured twice
+        elif "times" in r and "times" in row:  # the copy baseline, a message row's rounds
             row["times"] = row["times"] + r["times"]
             if "counts" in row and "counts" in r:
                 row["counts"] = row["counts"] + r["counts"]
+                row["round_rates"] = row["round_rates"] + r["round_rates"]
+            for paired in ("paired_times", "paired_counts", "round_ratios"):
+                if paired in row and paired in r:
+                    row[paired] = row[paired] + r[paired]
             row["peak_rss_kib"] = max(row.get("peak_rss_kib") or 0, r.get("peak_rss_kib") or 0)
+        elif "times" in r:  # an earlier round failed or was skipped: keep the measured one
+            merged[key] = dict(r)
     rows = []
     for row in merged.values():
         if "times" in row:
@@ -48,6 +68,13 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 rates = [n / t for n, t in zip(row["counts"], row["times"], strict=True)]
                 row["rate"] = statistics.median(rates)
                 row["unit"] = "msg/s"
+                rounds = row["round_rates"]
+                # max - min of the rounds' medians, relative to the rate: how far reruns agree
+                row["spread"] = (max(rounds) - min(rounds)) / row["rate"] if rounds else 0.0
+                if "paired_counts" in row:
+                    row["paired_ratio"] = statistics.median(_pair_ratios(row))
+                    ratios = row["round_ratios"]
+                    row["ratio_spread"] = (max(ratios) - min(ratios)) / row["paired_ratio"]
             elif row["work"].startswith("messages"):
                 row["rate"] = row["count"] / median
                 row["unit"] = "msg/s"
@@ -62,13 +89,26 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["ratio_vs_baseline"] = row["paired_copy_median_s"] / row["median_s"]
             continue
         base = _baseline(rows, row["work"], row["op"])
-        if base is not None and "rate" in row and "rate" in base:
+        if "paired_ratio" in row:  # timed run by run beside the baseline (worker.py)
+            row["ratio_vs_baseline"] = row["paired_ratio"]
+        elif base is not None and "rate" in row and "rate" in base:
             row["ratio_vs_baseline"] = row["rate"] / base["rate"]
         if row["work"].startswith("messages") and "rate" in row:
-            ref = _find(rows, row["work"], row["op"], MESSAGE_REFERENCE)
+            reference = REFERENCES.get(row["work"], MESSAGE_REFERENCE)
+            ref = _find(rows, row["work"], row["op"], reference)
             if ref is not None and "rate" in ref:
                 row["ratio_vs_kmsenvelope"] = row["rate"] / ref["rate"]
     return rows
+
+
+def _pair_ratios(row: dict[str, Any]) -> list[float]:
+    """The subject's rate over the baseline's, run by run (each pair timed back to back)."""
+    return [
+        (n / t) / (bn / bt)
+        for n, t, bn, bt in zip(
+            row["counts"], row["times"], row["paired_counts"], row["paired_times"], strict=True
+        )
+    ]
 
 
 def _find(rows: list[dict[str, Any]], work: str, op: str, subject: str) -> dict[str, Any] | None:
@@ -86,10 +126,14 @@ def _baseline(rows: list[dict[str, Any]], work: str, op: str) -> dict[str, Any] 
 
 
 def _ratio(rows: list[dict[str, Any]], work: str, op: str, a: str, b: str) -> float | None:
+    """``a``'s rate over ``b``'s: through their paired ratios to the work's baseline when both
+    have one (``b`` may be the baseline itself), else the ratio of the two rates."""
     ra = _find(rows, work, op, a)
     rb = _baseline(rows, work, op) if b == BASELINE.get(work) else _find(rows, work, op, b)
     if ra is None or rb is None or "rate" not in ra or "rate" not in rb:
         return None
+    if "paired_ratio" in ra and ("paired_ratio" in rb or b == BASELINE.get(work)):
+        return float(ra["paired_ratio"] / rb.get("paired_ratio", 1.0))
     return float(ra["rate"] / rb["rate"])
 
 
@@ -121,7 +165,7 @@ def targets(rows: list[dict[str, Any]], rss: list[dict[str, Any]]) -> list[dict[
         add(
             f"1 KiB {op} vs Tink KmsEnvelopeAead",
             _ratio(rows, "messages-1k", op, "kmsenvelope", "tink-envelope"),
-            1.0,
+            TINK_TARGETS[op],
         )
         esdk = [
             r
@@ -132,6 +176,19 @@ def targets(rows: list[dict[str, Any]], rss: list[dict[str, Any]]) -> list[dict[
             if r is not None
         ]
         add(f"1 KiB {op} vs AWS ESDK (faster variant)", min(esdk) if esdk else None, 50)
+    for op in ("encrypt", "decrypt"):
+        work = "messages-1k-kms1ms"
+        cached = "kmsenvelope-cache-1ms"
+        add(
+            f"1 KiB, KMS 1 ms, cache, {op} vs Tink",
+            _ratio(rows, work, op, cached, "tink-envelope-1ms"),
+            20,
+        )
+        add(
+            f"1 KiB, KMS 1 ms, cache, {op} vs ESDK caching CMM",
+            _ratio(rows, work, op, cached, "esdk-cache-1ms"),
+            5,
+        )
     for subject, what, goal in RATE_TARGETS:
         row = _find(rows, "messages-1k", "encrypt", subject)
         rate = row.get("rate") if row is not None else None
@@ -166,7 +223,12 @@ def table(
         lines.append(
             f"{'work':<28} {'subject':<36} {'op':<8} "
             f"{'per msg' if messages else 'median':>10} {'rate':>14} {'peak RSS':>9} "
-            f"{'ratio':>8}" + (f" {'÷ ' + MESSAGE_REFERENCE:>14}" if messages else "")
+            f"{'ratio':>8}"
+            + (
+                f" {'÷ ' + REFERENCES.get(work, MESSAGE_REFERENCE):>22} {'spread':>7}"
+                if messages
+                else ""
+            )
         )
         for r in group:
             if "skipped" in r or "error" in r:
@@ -179,7 +241,8 @@ def table(
             if messages:
                 median = f"{1e6 / r['rate']:.1f} µs"
                 own = r.get("ratio_vs_kmsenvelope")
-                ratio += f" {'' if own is None else f'{own:.3f}x':>14}"
+                ratio += f" {'' if own is None else f'{own:.3f}x':>22}"
+                ratio += f" {r.get('ratio_spread', r.get('spread', 0.0)):>6.1%}"
             else:
                 median = f"{r['median_s'] * 1000:.1f} ms"
             lines.append(
@@ -203,7 +266,7 @@ def table(
                 + ("" if r["reset"] else " [VmHWM could not be reset: includes setup]")
             )
     lines.append("")
-    lines.append("## targets (issues 6 and 13)")
+    lines.append("## targets (issues 6, 13 and 17)")
     for g in goals:
         if g["value"] is None:
             value = "n/a"

@@ -18,6 +18,8 @@ import io
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -457,7 +459,72 @@ class KmsEnvelopeCached(KmsEnvelope):
         super().__init__()
         from kmsenvelope.cache import DataKeyCache
 
-        self.engine.data_key_cache = DataKeyCache(max_age=60, max_messages=10_000)
+        self.engine.data_key_cache = DataKeyCache(max_age=CACHE_AGE, max_messages=CACHE_MESSAGES)
+
+
+# -- a KMS 1 ms away -------------------------------------------------------------------------------
+# Every peer gets the same stand-in for a KMS round trip: its key-encryption key sleeps
+# KMS_LATENCY seconds in each wrap and unwrap (encrypt/decrypt of the data key), then does the
+# work locally. The caches of both libraries get the same limits.
+
+KMS_LATENCY = 0.001
+CACHE_AGE = 60.0
+CACHE_MESSAGES = 10_000
+
+
+class DistantKEK:
+    """A KEK written to kmsenvelope's public protocol (``wrap``, ``unwrap``, ``key_id``): an
+    in-process AES key behind a 1 ms sleep per call, as if the KMS were 1 ms away."""
+
+    def __init__(self, latency: float = KMS_LATENCY) -> None:
+        from kmsenvelope.memory import InMemoryKEK
+
+        self.inner = InMemoryKEK(bytes(range(32)), "distant")
+        self.latency = latency
+
+    @property
+    def key_id(self) -> str:
+        return self.inner.key_id
+
+    def wrap(self, dek: bytes, context: Mapping[str, str]) -> Any:
+        time.sleep(self.latency)
+        return self.inner.wrap(dek, context)
+
+    def unwrap(self, wrapped: Any, context: Mapping[str, str]) -> bytes:
+        time.sleep(self.latency)
+        return self.inner.unwrap(wrapped, context)
+
+
+class KmsEnvelopeDistant(KmsEnvelope):
+    """kmsenvelope with its KEK 1 ms away, no data-key cache: one round trip per message."""
+
+    name = "kmsenvelope, KMS 1 ms away"
+    note = "Engine + a KEK that sleeps 1 ms per wrap/unwrap, no cache"
+
+    def __init__(self) -> None:
+        from kmsenvelope import Engine, ProviderRegistry
+        from kmsenvelope.config import Config
+
+        self.kek = DistantKEK()  # type: ignore[assignment]
+        self.to = [self.kek]
+        self.engine = Engine(
+            registry=ProviderRegistry(), config=Config(), keys=[self.kek], cache=self.cache()
+        )
+
+    def cache(self) -> Any:
+        return None
+
+
+class KmsEnvelopeDistantCached(KmsEnvelopeDistant):
+    """The same with the data-key cache, which both encrypting and decrypting use."""
+
+    name = "kmsenvelope + cache, KMS 1 ms away"
+    note = "Engine + 1 ms KEK + DataKeyCache(max_age=60 s, max_messages=10000), both directions"
+
+    def cache(self) -> Any:
+        from kmsenvelope.cache import DataKeyCache
+
+        return DataKeyCache(max_age=CACHE_AGE, max_messages=CACHE_MESSAGES)
 
 
 # -- peers -----------------------------------------------------------------------------------------
@@ -605,13 +672,88 @@ class TinkEnvelope(Subject):
     def __init__(self) -> None:
         tink, aead, _streaming = _tink()
         remote = tink.new_keyset_handle(aead.aead_key_templates.AES256_GCM).primitive(aead.Aead)
-        self.primitive = aead.KmsEnvelopeAead(aead.aead_key_templates.AES256_GCM, remote)
+        self.primitive = aead.KmsEnvelopeAead(aead.aead_key_templates.AES256_GCM, self.kek(remote))
+
+    def kek(self, remote: Any) -> Any:
+        return remote
 
     def seal(self, message: bytes) -> bytes:
         return bytes(self.primitive.encrypt(message, b""))
 
     def open(self, blob: bytes) -> bytes:
         return bytes(self.primitive.decrypt(blob, b""))
+
+
+class TinkEnvelopeDistant(TinkEnvelope):
+    """Tink KmsEnvelopeAead whose KEK AEAD sleeps 1 ms per call (Tink has no data-key cache)."""
+
+    name = "Tink KmsEnvelopeAead, KMS 1 ms away"
+    note = "KEK: a tink.aead.Aead that sleeps 1 ms, then a local AES256_GCM AEAD"
+
+    def kek(self, remote: Any) -> Any:
+        _tink_module, aead, _streaming = _tink()
+
+        class DistantAead(aead.Aead):  # type: ignore[misc,name-defined]
+            """Tink's AEAD interface, 1 ms away."""
+
+            def encrypt(self, plaintext: bytes, associated_data: bytes) -> bytes:
+                time.sleep(KMS_LATENCY)
+                return bytes(remote.encrypt(plaintext, associated_data))
+
+            def decrypt(self, ciphertext: bytes, associated_data: bytes) -> bytes:
+                time.sleep(KMS_LATENCY)
+                return bytes(remote.decrypt(ciphertext, associated_data))
+
+        return DistantAead()
+
+
+class EsdkDistantCached(Esdk):
+    """The AWS Encryption SDK with its caching materials manager (``CachingCryptoMaterials
+    Manager``, ``LocalCryptoMaterialsCache``: the one that takes a master key written in Python
+    with the installed 4.x) over a raw AES master key that sleeps 1 ms per data-key call."""
+
+    name = "AWS ESDK + caching CMM, KMS 1 ms away"
+    note = "CachingCryptoMaterialsManager(max_age=60 s, max_messages=10000), 1 ms master key"
+
+    def __init__(self) -> None:
+        self.client = _esdk_client()
+        import aws_encryption_sdk
+        from aws_encryption_sdk.identifiers import EncryptionKeyType, WrappingAlgorithm
+        from aws_encryption_sdk.key_providers.raw import RawMasterKey, WrappingKey
+
+        class DistantMasterKey(RawMasterKey):  # type: ignore[misc]
+            """A raw AES-256-GCM master key, 1 ms away."""
+
+            def _encrypt_data_key(
+                self, data_key: Any, algorithm: Any, encryption_context: Any
+            ) -> Any:
+                time.sleep(KMS_LATENCY)
+                return super()._encrypt_data_key(data_key, algorithm, encryption_context)
+
+            def _decrypt_data_key(
+                self, encrypted_data_key: Any, algorithm: Any, encryption_context: Any
+            ) -> Any:
+                time.sleep(KMS_LATENCY)
+                return super()._decrypt_data_key(encrypted_data_key, algorithm, encryption_context)
+
+        key = DistantMasterKey(
+            provider_id="bench",
+            key_id=b"bench",
+            wrapping_key=WrappingKey(
+                wrapping_algorithm=WrappingAlgorithm.AES_256_GCM_IV12_TAG16_NO_PADDING,
+                wrapping_key=bytes(range(32)),
+                wrapping_key_type=EncryptionKeyType.SYMMETRIC,
+            ),
+        )
+        self.master_key = key
+        self.kwargs = {
+            "materials_manager": aws_encryption_sdk.CachingCryptoMaterialsManager(
+                master_key_provider=key,
+                cache=aws_encryption_sdk.LocalCryptoMaterialsCache(capacity=100),
+                max_age=CACHE_AGE,
+                max_messages_encrypted=CACHE_MESSAGES,
+            )
+        }
 
 
 SUBJECTS: dict[str, type[Subject]] = {
@@ -628,4 +770,8 @@ SUBJECTS: dict[str, type[Subject]] = {
     "esdk-masterkey": EsdkMasterKey,
     "tink-streaming": TinkStreaming,
     "tink-envelope": TinkEnvelope,
+    "kmsenvelope-1ms": KmsEnvelopeDistant,
+    "kmsenvelope-cache-1ms": KmsEnvelopeDistantCached,
+    "tink-envelope-1ms": TinkEnvelopeDistant,
+    "esdk-cache-1ms": EsdkDistantCached,
 }

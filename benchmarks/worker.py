@@ -153,48 +153,86 @@ def run_memory(subject: Any, task: dict[str, Any]) -> dict[str, Any]:
     return {"times": times, "bytes": size}
 
 
+STRIDE = 16
+
+
+def workload(subject: Any, op: str, size: int) -> tuple[Callable[[Any], object], list[Any]]:
+    """``(call, arguments)`` for one message operation: encrypting, the same random message
+    ``STRIDE`` times; decrypting, ``STRIDE`` different envelopes the subject sealed (of that
+    message), so that nothing can be reused from one envelope to the next but what a real
+    batch would share (a data key cached when they were sealed). Each is checked to decrypt."""
+    message = os.urandom(size)
+    sealed = [subject.seal(message) for _ in range(STRIDE)]
+    for blob in sealed:
+        if subject.open(blob) != message:
+            raise AssertionError("decryption did not return the message")
+    if op == "encrypt":
+        return subject.seal, [message] * STRIDE
+    return subject.open, sealed
+
+
 def run_messages(subject: Any, task: dict[str, Any]) -> dict[str, Any]:
-    """Seal or open one message again and again: ``count`` times per run, or, with
-    ``seconds``, for that long per run (the clock read every ``STRIDE`` messages), so that
-    slow and fast subjects alike are timed over the same stretch of wall-clock time."""
-    message = os.urandom(task["size"])
-    sealed = subject.seal(message)
-    if subject.open(sealed) != message:
-        raise AssertionError("decryption did not return the message")
-    call = subject.seal if task["op"] == "encrypt" else subject.open
-    arg = message if task["op"] == "encrypt" else sealed
+    """Seal or open messages again and again: ``count`` times per run, or, with ``seconds``,
+    for that long per run (the clock read every ``STRIDE`` messages), so that slow and fast
+    subjects alike are timed over the same stretch of wall-clock time.
+
+    With ``pair`` (the work's baseline subject, built in this process too), each run of the
+    subject is paired with a run of the baseline just before or just after it (alternately):
+    the ratio of the two rates, run by run, does not move with the load of a shared machine
+    the way two measurements minutes apart do (as the file work's paired copy)."""
+    call, args = workload(subject, task["op"], task["size"])
     seconds = task.get("seconds")
     if not seconds:
         count = task["count"]
 
         def batch() -> None:
-            for _ in range(count):
-                call(arg)
+            for i in range(count):
+                call(args[i % STRIDE])
 
         return {"times": timed(batch, task["runs"]), "count": count, "bytes": task["size"]}
+    base: tuple[Callable[[Any], object], list[Any]] | None = None
+    pair = task.get("pair")
+    if pair and pair != task["subject"]:
+        try:
+            base = workload(SUBJECTS[pair](), task["op"], task["size"])
+        except Unavailable:
+            base = None
     times: list[float] = []
     counts: list[int] = []
+    base_times: list[float] = []
+    base_counts: list[int] = []
     for i in range(task["runs"] + 1):  # the first run is the untimed warm-up
-        elapsed, n = for_duration(call, arg, seconds)
+        if base is not None and i % 2:
+            base_elapsed, base_n = for_duration(*base, seconds)
+        elapsed, n = for_duration(call, args, seconds)
+        if base is not None and not i % 2:
+            base_elapsed, base_n = for_duration(*base, seconds)
         if i:
             times.append(elapsed)
             counts.append(n)
-    return {"times": times, "counts": counts, "seconds": seconds, "bytes": task["size"]}
+            if base is not None:
+                base_times.append(base_elapsed)
+                base_counts.append(base_n)
+    result = {"times": times, "counts": counts, "seconds": seconds, "bytes": task["size"]}
+    if base is not None:
+        result.update(paired_with=pair, paired_times=base_times, paired_counts=base_counts)
+    return result
 
 
-STRIDE = 16
-
-
-def for_duration(call: Callable[[Any], object], arg: Any, seconds: float) -> tuple[float, int]:
-    """Call ``call(arg)`` for at least ``seconds``; (elapsed seconds, number of calls)."""
+def for_duration(
+    call: Callable[[Any], object], args: list[Any], seconds: float
+) -> tuple[float, int]:
+    """Call ``call`` on each of ``args`` in turn, over and over, for at least ``seconds``;
+    (elapsed seconds, number of calls). The clock is read after each pass over ``args``."""
     clock = time.perf_counter
     start = clock()
     deadline = start + seconds
     n = 0
+    per_pass = len(args)
     while True:
-        for _ in range(STRIDE):
+        for arg in args:
             call(arg)
-        n += STRIDE
+        n += per_pass
         now = clock()
         if now >= deadline:
             return now - start, n

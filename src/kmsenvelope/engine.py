@@ -9,6 +9,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any, BinaryIO
 
 from .auditing import AuditSinkError, AuditTrail
@@ -21,6 +22,7 @@ from .errors import (
     ProviderError,
     UnknownSchemeError,
 )
+from .format.chunks import payload_length
 from .format.compact import (
     COMPACT_PREFIX,
     WHITESPACE,
@@ -40,7 +42,7 @@ from .format.header import (
     Limits,
     check_chunk_size,
     encode_new_header,
-    parse_header,
+    header_fields,
     read_header,
     validate_context,
 )
@@ -127,12 +129,15 @@ class Engine:
         self._config = config
         self._keys = tuple(keys)
         self.limits = limits
-        self.data_key_cache = cache  # opt-in reuse of wrapped DEKs by encrypt() (cache.py)
+        self.data_key_cache = cache  # opt-in reuse of data keys in memory (cache.py)
         self._cache: LruCache[KeyEncryptionKey] = LruCache(KEK_CACHE_SIZE)
         self._lock = threading.Lock()
         self._trust: TrustPolicy | None = None
         self._settings_checked: set[str] = set()
         self._audit = audit
+        # key id -> (its scheme, the KEKs of ``keys`` to try for it): built on first use.
+        self._own: dict[str, tuple[str | None, tuple[KeyEncryptionKey, ...]]] | None = None
+        self._attempt_limit: int | None = None
 
     @property
     def registry(self) -> ProviderRegistry:
@@ -157,8 +162,13 @@ class Engine:
     @property
     def max_unwrap_attempts(self) -> int:
         """Provider unwrap calls one envelope may cause."""
-        own = self._trust_settings.max_unwrap_attempts
-        return own if own is not None else self.config.max_unwrap_attempts
+        limit = self._attempt_limit
+        if limit is None:  # both sources are immutable: worked out once
+            own = self._trust_settings.max_unwrap_attempts
+            limit = self._attempt_limit = (
+                own if own is not None else self.config.max_unwrap_attempts
+            )
+        return limit
 
     @property
     def trust(self) -> TrustPolicy:
@@ -208,6 +218,10 @@ class Engine:
         return self.registry.open(uri, self.config.provider_settings(scheme))
 
     def _resolve(self, to: Iterable[Recipient] | None) -> list[KeyEncryptionKey]:
+        if (type(to) is list or type(to) is tuple) and len(to) == 1:
+            only = to[0]
+            if not isinstance(only, str):  # one KEK object: nothing to open, name or dedupe
+                return [only]
         if to is None:
             targets: list[Recipient] = list(self.config.recipients)
             if not targets:
@@ -240,9 +254,14 @@ class Engine:
     ) -> WrappedKey:
         """``kek.wrap``, checked and recorded (one audit event, ``ok`` or ``error``)."""
         try:
-            with self.audit.call("wrap", kek.key_id, None, context):
+            recorder = self.audit.call("wrap", kek.key_id, None, context)
+            if type(recorder) is nullcontext:  # nothing to record: no need to enter it
                 w = kek.wrap(dek, context)
                 _check_wrapped(kek, w)
+            else:
+                with recorder:
+                    w = kek.wrap(dek, context)
+                    _check_wrapped(kek, w)
         except KmsEnvelopeError:
             raise
         except Exception as exc:
@@ -265,17 +284,36 @@ class Engine:
         return list(unique.values())
 
     def _candidates(
-        self, recipient: WrappedKey, keys: Sequence[KeyEncryptionKey]
+        self, key_id: str, provider: str | None, keys: Sequence[KeyEncryptionKey]
     ) -> list[KeyEncryptionKey]:
+        """The supplied KEKs to try for a recipient: those with its exact key id, then the
+        others of its provider."""
         supplied = (*keys, *self._keys)
-        key_id = recipient.key_id
         exact = [k for k in supplied if k.key_id == key_id]
         if len(exact) == len(supplied):
             return exact
         same_scheme = [
-            k for k in supplied if k not in exact and scheme_or_none(k.key_id) == recipient.provider
+            k for k in supplied if k not in exact and scheme_or_none(k.key_id) == provider
         ]
         return exact + same_scheme
+
+    def _own_candidates(self, recipient: WrappedKey) -> tuple[KeyEncryptionKey, ...] | None:
+        """What :meth:`_candidates` returns for ``recipient`` when no ``keys`` are passed and
+        this engine's own ``keys`` hold its exact key id (then the registry is never asked);
+        None otherwise. Computed once per key id of ``keys`` (a fixed, small set)."""
+        own = self._own
+        if own is None:
+            own = {}
+            for kek in self._keys:
+                key_id = kek.key_id
+                if key_id not in own:
+                    scheme = scheme_or_none(key_id)
+                    own[key_id] = (scheme, tuple(self._candidates(key_id, scheme, ())))
+            self._own = own
+        found = own.get(recipient.key_id)
+        if found is None or found[0] != recipient.provider:
+            return None
+        return found[1]
 
     def _keks_for(
         self,
@@ -284,7 +322,7 @@ class Engine:
         failures: RecipientFailures,
     ) -> Iterator[KeyEncryptionKey]:
         """Supplied KEKs that may hold this recipient, then the registry's, opened lazily."""
-        candidates = self._candidates(recipient, keys)
+        candidates = self._candidates(recipient.key_id, recipient.provider, keys)
         yield from candidates
         if any(k.key_id == recipient.key_id for k in candidates):
             return  # the exact key was supplied; another instance of it would fail the same way
@@ -321,24 +359,96 @@ class Engine:
         self, header: Header, keys: Sequence[KeyEncryptionKey]
     ) -> tuple[bytes, tuple[bytes, bytes]]:
         """``(dek, (payload_key, mac_key))`` from the first recipient that unwraps."""
-        attempts = UnwrapAttempts(self.max_unwrap_attempts)
+        return self._unwrap(
+            header.recipients,
+            header.nonce,
+            header.context,
+            header.authenticated_bytes(),
+            header.mac,
+            keys,
+        )
+
+    def _unwrap(
+        self,
+        recipients: Sequence[WrappedKey],
+        nonce: bytes,
+        context: Mapping[str, str],
+        authenticated: bytes,
+        mac: bytes,
+        keys: Sequence[KeyEncryptionKey],
+        size: int | None = None,
+    ) -> tuple[bytes, tuple[bytes, bytes]]:
+        """``(dek, (payload_key, mac_key))`` from the first recipient that unwraps, checked by
+        the header MAC (over ``authenticated``, the header as received).
+
+        With a data-key cache and ``size`` (the plaintext length of an in-memory envelope), a
+        data key that the same KEK unwrapped before from the same stanza under the same
+        context is used without a provider call -- looked up only for a KEK that would have
+        been called (supplied, or allowed by the trust policy), and checked by the MAC all
+        the same; a key is cached only once it has authenticated a header.
+        """
+        cache, plain = (None, 0) if size is None else (self.data_key_cache, size)
+        limit = self.max_unwrap_attempts
         audit = self.audit
-        for recipient in header.recipients:
+        # The usual case first: the first recipient's exact key is one of this engine's own
+        # KEKs. Its first candidate is tried here, without the bookkeeping below; if it fails,
+        # the loop below records that attempt and goes on from the next candidate.
+        own = self._own_candidates(recipients[0]) if recipients and not keys else None
+        tried: Exception | None = None  # what the first attempt raised, if it was made here
+        if own is not None:
+            kek, first = own[0], recipients[0]
+            if cache is not None:
+                dek = cache.opened_key(kek, first, context, plain)
+                if dek is not None:
+                    return dek, _derive_checked(dek, nonce, authenticated, mac)
+            if limit >= 1:
+                try:  # recorded before the data key is used; an unrecorded one is dropped
+                    recorder = audit.call("unwrap", kek.key_id, None, context)
+                    if type(recorder) is nullcontext:  # nothing to record: no need to enter it
+                        dek = kek.unwrap(first, context)
+                    else:
+                        with recorder:
+                            dek = _checked_dek(kek.unwrap(first, context))
+                    if type(dek) is not bytes or len(dek) != DEK_SIZE:
+                        dek = _checked_dek(dek)
+                except AuditSinkError:
+                    raise
+                except Exception as exc:
+                    tried = exc
+                else:
+                    derived = _derive_checked(dek, nonce, authenticated, mac)
+                    if cache is not None:
+                        cache.keep_opened(kek, first, context, plain, dek)
+                    return dek, derived
+        attempts = UnwrapAttempts(limit)
+        for index, recipient in enumerate(recipients):
             failures = attempts.recipient(recipient.key_id)
-            for kek in self._keks_for(recipient, keys, failures):
+            candidates: Iterable[KeyEncryptionKey]
+            if index == 0 and tried is not None:
+                attempts.spend(failures)  # the attempt made above
+                failures.failed(_as_error(tried))
+                candidates = own[1:] if own is not None else ()
+            else:
+                mine = None if keys else self._own_candidates(recipient)
+                candidates = self._keks_for(recipient, keys, failures) if mine is None else mine
+            for kek in candidates:
+                if cache is not None:
+                    dek = cache.opened_key(kek, recipient, context, plain)
+                    if dek is not None:
+                        return dek, _derive_checked(dek, nonce, authenticated, mac)
                 if not attempts.spend(failures):
                     break
                 try:  # recorded before the data key is used; an unrecorded one is dropped
-                    with audit.call("unwrap", kek.key_id, None, header.context):
-                        dek = _checked_dek(kek.unwrap(recipient, header.context))
+                    with audit.call("unwrap", kek.key_id, None, context):
+                        dek = _checked_dek(kek.unwrap(recipient, context))
                 except AuditSinkError:
                     raise
                 except Exception as exc:
                     failures.failed(_as_error(exc))
                     continue
-                derived = derive_keys(dek, header.nonce)
-                if not header.verify_mac(derived[1]):
-                    raise AuthenticationError()
+                derived = _derive_checked(dek, nonce, authenticated, mac)
+                if cache is not None:
+                    cache.keep_opened(kek, recipient, context, plain, dek)
                 return dek, derived
         raise attempts.no_recipient()
 
@@ -362,18 +472,21 @@ class Engine:
         else:
             check_chunk_size(chunk_size)
             size = chunk_size
-        ctx = validate_context(context if context is not None else self.config.context)
+        ctx = validate_context(self.config.context if context is None else context)
         keks = self._resolve(to)
         secret = os.urandom(DEK_SIZE + NONCE_SIZE)  # one call for the DEK and the nonce
         dek, nonce = secret[:DEK_SIZE], secret[DEK_SIZE:]
         cache = self.data_key_cache
+        wrapped: Sequence[WrappedKey]
         if cache is not None and cacheable_size is not None:
             fresh = dek
             dek, wrapped = cache.data_key(
                 keks, ctx, cacheable_size, lambda: (fresh, self._wrap_all(keks, fresh, ctx))
             )
+        elif len(keks) == 1:
+            wrapped = (self._wrap_one(keks[0], dek, ctx),)
         else:
-            wrapped = tuple(self._wrap_all(keks, dek, ctx))
+            wrapped = self._wrap_all(keks, dek, ctx)
         authenticated = encode_new_header(size, nonce, ctx, wrapped)
         payload_key, mac_key = derive_keys(dek, nonce)
         return authenticated + hmac_sha256(mac_key, authenticated), payload_key, size
@@ -422,16 +535,27 @@ class Engine:
         keys: Sequence[KeyEncryptionKey] = (),
     ) -> bytes:
         """Authenticate and decrypt an envelope (binary or compact) held in memory."""
-        if isinstance(blob, str):
+        if type(blob) is bytes and blob.startswith(MAGIC):  # the usual case, checked first
+            raw = blob
+        elif isinstance(blob, str):
             raw = from_compact(blob)
         else:
             raw = bytes(blob)
             if not raw.startswith(MAGIC) and raw.lstrip(WHITESPACE).startswith(COMPACT_PREFIX):
                 raw = from_compact(raw)
-        header, size = parse_header(raw, self.limits)
-        check_context(header.context, context)
-        _dek, (payload_key, _mac_key) = self._open_dek(header, keys)
-        return decrypt_bytes(memoryview(raw)[size:], payload_key, header.chunk_size)
+        chunk_size, nonce, ctx, recipients, mac, authenticated, size = header_fields(
+            raw, self.limits
+        )
+        if context:
+            check_context(ctx, context)
+        payload = memoryview(raw)[size:]
+        # The plaintext length, for the data-key cache's byte limit (None: not a valid payload
+        # length, so the envelope will not authenticate: the cache is not used for it).
+        plain = None if self.data_key_cache is None else payload_length(len(payload), chunk_size)
+        _dek, (payload_key, _mac_key) = self._unwrap(
+            recipients, nonce, ctx, authenticated, mac, keys, plain
+        )
+        return decrypt_bytes(payload, payload_key, chunk_size)
 
     def decrypt_stream(
         self,
@@ -483,6 +607,8 @@ class Engine:
 
 def _check_wrapped(kek: KeyEncryptionKey, w: object) -> None:
     """``ProviderError`` unless ``w`` is a ``WrappedKey`` whose key id starts with its provider."""
+    if type(w) is WrappedKey and scheme_or_none(w.key_id) == w.provider:
+        return  # the usual case, checked first
     if not isinstance(w, WrappedKey):
         raise ProviderError(f"{kek.key_id}: wrap returned {type(w).__name__}, not WrappedKey")
     if scheme_or_none(w.key_id) != w.provider:
@@ -492,8 +618,21 @@ def _check_wrapped(kek: KeyEncryptionKey, w: object) -> None:
         )
 
 
+def _derive_checked(
+    dek: bytes, nonce: bytes, authenticated: bytes, mac: bytes
+) -> tuple[bytes, bytes]:
+    """``(payload_key, mac_key)`` of ``dek`` if its MAC key authenticates the header (the
+    ``authenticated`` bytes and their ``mac``); ``AuthenticationError`` otherwise."""
+    derived = derive_keys(dek, nonce)
+    if not hmac.compare_digest(hmac_sha256(derived[1], authenticated), mac):
+        raise AuthenticationError()
+    return derived
+
+
 def _checked_dek(dek: object) -> bytes:
     """What ``unwrap`` returned, as a data key; ``ProviderError`` if it is not one."""
+    if type(dek) is bytes and len(dek) == DEK_SIZE:
+        return dek
     if not isinstance(dek, bytes | bytearray) or len(dek) != DEK_SIZE:
         raise ProviderError("provider returned a data key of the wrong size")
     return bytes(dek)

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import BinaryIO, overload
+from typing import BinaryIO, TypeVar, overload
 
 from ..errors import MalformedEnvelopeError
 from ..kek import NO_PARAMS, WrappedKey, scheme_of
@@ -29,6 +29,7 @@ __all__ = [
     "check_chunk_size",
     "encode_context",
     "encode_new_header",
+    "header_fields",
     "new_header",
     "parse_body",
     "parse_header",
@@ -42,6 +43,7 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 MIN_CHUNK_SIZE = 16
 MAX_CHUNK_SIZE = 1 << 24
 _PREFIX = struct.Struct(">7sI")  # magic, header body length
+_FIXED = struct.Struct(">7sII16sH")  # the prefix, then chunk size, nonce, context entries
 _U16 = struct.Struct(">H")
 _EMPTY_CONTEXT = b"\x00\x00"
 _NO_CONTEXT: Mapping[str, str] = MappingProxyType({})  # shared: it cannot be changed
@@ -81,8 +83,10 @@ def encode_context(context: Mapping[str, str]) -> bytes:
 
 def validate_context(context: Mapping[str, str] | None) -> Mapping[str, str]:
     """Check a caller's context (str keys and values, non-empty keys) and freeze it."""
-    if context is None:
+    if context is None or context is _NO_CONTEXT:
         return _NO_CONTEXT
+    if not context and (type(context) is dict or type(context) is MappingProxyType):
+        return _NO_CONTEXT  # the usual empty one, without the slower Mapping check below
     if not isinstance(context, Mapping):
         raise TypeError("context must be a mapping of str to str")
     for k, v in context.items():
@@ -148,20 +152,25 @@ def _truncated() -> MalformedEnvelopeError:
 
 
 @overload
-def _read_string(body: bytes, pos: int, width: int) -> tuple[bytes, int]: ...
+def _read_string(body: bytes, pos: int, width: int, *, end: int) -> tuple[bytes, int]: ...
 @overload
 def _read_string(
-    body: bytes, pos: int, width: int, what: str, encoding: str = "utf-8"
+    body: bytes, pos: int, width: int, what: str, encoding: str = "utf-8", *, end: int
 ) -> tuple[str, int]: ...
 
 
 def _read_string(
-    body: bytes, pos: int, width: int, what: str | None = None, encoding: str = "utf-8"
+    body: bytes,
+    pos: int,
+    width: int,
+    what: str | None = None,
+    encoding: str = "utf-8",
+    *,
+    end: int,
 ) -> tuple[bytes | str, int]:
     """The ``str8`` or ``str16`` (``width`` 1 or 2) at ``pos`` and the position after it: its
-    bytes, or its text when ``what`` names the field for the error. A string running past the
-    end of the body is a truncation."""
-    end = len(body)
+    bytes, or its text when ``what`` names the field for the error. A string running past
+    ``end`` (the end of the header body) is a truncation."""
     start = pos + width
     if start > end:
         raise _truncated()
@@ -176,41 +185,118 @@ def _read_string(
         raise MalformedEnvelopeError(f"envelope header has an invalid {what}") from None
 
 
-def _parse_body(body: bytes, mac: bytes, raw: bytes, limits: Limits) -> Header:
-    """The header with this body (sections 5.3 to 5.5), MAC and authenticated bytes.
+# Header fields that repeat from one envelope to the next (the context, each recipient's
+# provider, key id and algorithm) are decoded and checked once, then remembered by their exact
+# bytes: a later header with the same bytes gets the same (immutable) values without decoding
+# them again. Bounded: fields longer than _MEMO_FIELD_BYTES are never remembered, and each memo
+# is emptied when it reaches _MEMO_ENTRIES (whatever bytes envelopes carry, memory stays small).
+# Only fields that parsed and checked without error are remembered, so the same bytes give the
+# same header, or the same error, with or without the memo.
+_MEMO_ENTRIES = 256
+_MEMO_FIELD_BYTES = 1024
+_V = TypeVar("_V")
+_contexts: dict[bytes, Mapping[str, str]] = {}
+_stanza_heads: dict[bytes, tuple[str, str, str]] = {}
+
+HeaderFields = tuple[int, bytes, Mapping[str, str], tuple[WrappedKey, ...]]
+"""``(chunk_size, nonce, context, recipients)``: a header body, parsed."""
+
+
+def _remember(memo: dict[bytes, _V], raw: bytes, value: _V) -> None:
+    if len(raw) <= _MEMO_FIELD_BYTES:
+        if len(memo) >= _MEMO_ENTRIES:
+            memo.clear()
+        memo[raw] = value
+
+
+def _context_end(buf: bytes, pos: int, end: int, count: int) -> int:
+    """Where the ``count`` context entries at ``pos`` end, or -1 if they run past ``end``."""
+    for _ in range(2 * count):  # a key, then a value: two str16 per entry
+        if pos + 2 > end:
+            return -1
+        pos += 2 + ((buf[pos] << 8) | buf[pos + 1])
+    return pos if pos <= end else -1
+
+
+def _read_context(buf: bytes, pos: int, end: int, count: int) -> tuple[Mapping[str, str], int]:
+    """The ``count`` context entries at ``pos`` (section 5.4) and the position after them."""
+    stop = _context_end(buf, pos, end, count)
+    if stop >= 0:
+        known = _contexts.get(buf[pos:stop])
+        if known is not None:
+            return known, stop
+    start = pos
+    context: dict[str, str] = {}
+    previous = ""
+    for _ in range(count):
+        key, pos = _read_string(buf, pos, 2, "context key", end=end)
+        # UTF-8 keeps code point order: comparing the text compares the bytes (section 5.4).
+        if key <= previous:
+            raise MalformedEnvelopeError("envelope context keys are empty, unsorted or repeated")
+        previous = key
+        context[key], pos = _read_string(buf, pos, 2, "context value", end=end)
+    frozen = MappingProxyType(context)
+    _remember(_contexts, buf[start:pos], frozen)
+    return frozen, pos
+
+
+_new = object.__new__  # to build a WrappedKey of remembered fields (see _parse_fields)
+_set = object.__setattr__
+
+
+def _read_params(buf: bytes, pos: int, end: int) -> tuple[Mapping[str, str], int]:
+    """A recipient's params (count byte, then sorted name/value pairs) and the position after."""
+    if pos >= end:
+        raise _truncated()
+    count = buf[pos]
+    pos += 1
+    if not count:
+        return NO_PARAMS, pos
+    params: dict[str, str] = {}
+    last_name: bytes | None = None
+    for _ in range(count):
+        name, pos = _read_string(buf, pos, 1, end=end)  # the order is checked before the text
+        if last_name is not None and name <= last_name:
+            raise MalformedEnvelopeError("envelope recipient params are unsorted or repeated")
+        last_name = name
+        params[_text(name, "param name")], pos = _read_string(buf, pos, 2, "param value", end=end)
+    return MappingProxyType(params), pos
+
+
+def _parse_fields(buf: bytes, pos: int, end: int, limits: Limits) -> HeaderFields:
+    """The header body at ``buf[pos:end]`` (sections 5.3 to 5.5), parsed in place.
 
     Each count is checked against its limit before the first item it counts is read.
     """
-    end = len(body)
-    if end < 4:
+    if end - pos < 4:
         raise _truncated()
-    chunk_size = int.from_bytes(body[:4], "big")
+    chunk_size = int.from_bytes(buf[pos : pos + 4], "big")
     if not MIN_CHUNK_SIZE <= chunk_size <= limits.max_chunk_size:
         raise MalformedEnvelopeError(
             f"envelope chunk size {chunk_size} is outside {MIN_CHUNK_SIZE}..{limits.max_chunk_size}"
         )
-    pos = 4 + NONCE_SIZE
+    nonce_at = pos + 4
+    pos = nonce_at + NONCE_SIZE
     if pos + 2 > end:
         raise _truncated()
-    nonce = body[4:pos]
-    n_ctx = (body[pos] << 8) | body[pos + 1]
+    nonce = buf[nonce_at:pos]
+    n_ctx = (buf[pos] << 8) | buf[pos + 1]
     pos += 2
     if n_ctx > limits.max_context_entries:
         raise MalformedEnvelopeError(
             f"envelope has {n_ctx} context entries (limit {limits.max_context_entries})"
         )
-    context: dict[str, str] = {}
-    previous = ""
-    for _ in range(n_ctx):
-        key, pos = _read_string(body, pos, 2, "context key")
-        # UTF-8 keeps code point order: comparing the text compares the bytes (section 5.4).
-        if key <= previous:
-            raise MalformedEnvelopeError("envelope context keys are empty, unsorted or repeated")
-        previous = key
-        context[key], pos = _read_string(body, pos, 2, "context value")
+    context = _NO_CONTEXT
+    if n_ctx:
+        context, pos = _read_context(buf, pos, end, n_ctx)
+    return chunk_size, nonce, context, _read_recipients(buf, pos, end, limits)
+
+
+def _read_recipients(buf: bytes, pos: int, end: int, limits: Limits) -> tuple[WrappedKey, ...]:
+    """The recipient count at ``pos``, the recipients (section 5.5) and nothing after them."""
     if pos + 2 > end:
         raise _truncated()
-    n_rec = (body[pos] << 8) | body[pos + 1]
+    n_rec = (buf[pos] << 8) | buf[pos + 1]
     pos += 2
     if n_rec == 0:
         raise MalformedEnvelopeError("envelope has no recipients")
@@ -220,22 +306,48 @@ def _parse_body(body: bytes, mac: bytes, raw: bytes, limits: Limits) -> Header:
         )
     recipients = []
     for _ in range(n_rec):
-        provider, pos = _read_string(body, pos, 1, "provider name", "ascii")
-        key_id, pos = _read_string(body, pos, 2, "key id")
-        algorithm, pos = _read_string(body, pos, 1, "algorithm", "ascii")
-        if pos >= end:
+        start = pos
+        # Where the provider, key id and algorithm end (-1: past the end of the body; then
+        # they are read below, which raises the error for it).
+        head_end = -1
+        if pos < end:
+            q = pos + 1 + buf[pos]
+            if q + 2 <= end:
+                q += 2 + ((buf[q] << 8) | buf[q + 1])
+                if q < end:
+                    q += 1 + buf[q]
+                    if q <= end:
+                        head_end = q
+        known = _stanza_heads.get(buf[pos:head_end]) if head_end >= 0 else None
+        if known is not None:
+            provider, key_id, algorithm = known
+            pos = head_end
+        else:
+            provider, pos = _read_string(buf, pos, 1, "provider name", "ascii", end=end)
+            key_id, pos = _read_string(buf, pos, 2, "key id", end=end)
+            algorithm, pos = _read_string(buf, pos, 1, "algorithm", "ascii", end=end)
+        if pos < end and not buf[pos]:  # no params: the usual case
+            params, pos = NO_PARAMS, pos + 1
+        else:
+            params, pos = _read_params(buf, pos, end)
+        if pos + 2 > end:
             raise _truncated()
-        n_params = body[pos]
-        pos += 1
-        params: dict[str, str] = {}
-        last_name: bytes | None = None
-        for _ in range(n_params):
-            name, pos = _read_string(body, pos, 1)  # the order is checked before the text
-            if last_name is not None and name <= last_name:
-                raise MalformedEnvelopeError("envelope recipient params are unsorted or repeated")
-            last_name = name
-            params[_text(name, "param name")], pos = _read_string(body, pos, 2, "param value")
-        ciphertext, pos = _read_string(body, pos, 2)
+        stop = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
+        if stop > end:
+            raise _truncated()
+        ciphertext = buf[pos + 2 : stop]
+        pos = stop
+        if known is not None:
+            # A WrappedKey of fields checked when they were remembered (non-empty text, the
+            # key id's scheme is the provider): built without checking them again.
+            wrapped: WrappedKey = _new(WrappedKey)
+            _set(wrapped, "provider", provider)
+            _set(wrapped, "key_id", key_id)
+            _set(wrapped, "algorithm", algorithm)
+            _set(wrapped, "ciphertext", ciphertext)
+            _set(wrapped, "params", params)
+            recipients.append(wrapped)
+            continue
         try:
             if scheme_of(key_id) != provider:
                 raise ValueError("scheme mismatch")
@@ -244,16 +356,16 @@ def _parse_body(body: bytes, mac: bytes, raw: bytes, limits: Limits) -> Header:
             )
         except ValueError:
             raise MalformedEnvelopeError("envelope recipient is malformed") from None
+        if head_end >= 0:
+            _remember(_stanza_heads, buf[start:head_end], (provider, key_id, algorithm))
     if pos != end:
         raise MalformedEnvelopeError("envelope header has trailing bytes")
-    return Header(
-        chunk_size,
-        nonce,
-        MappingProxyType(context) if context else _NO_CONTEXT,
-        tuple(recipients),
-        mac,
-        raw,
-    )
+    return tuple(recipients)
+
+
+def _parse_body(body: bytes, mac: bytes, raw: bytes, limits: Limits) -> Header:
+    """The header with this body (sections 5.3 to 5.5), MAC and authenticated bytes."""
+    return Header(*_parse_fields(body, 0, len(body), limits), mac, raw)
 
 
 def _text(raw: bytes, what: str) -> str:
@@ -271,6 +383,10 @@ def parse_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Header:
 
 def _body_length(head: bytes, limits: Limits) -> int:
     """Check magic, version and length prefix; the body length, within ``limits``."""
+    if len(head) == _PREFIX.size and head.startswith(MAGIC):  # the usual case, checked first
+        body_len = int.from_bytes(head[len(MAGIC) :], "big")
+        if body_len <= limits.max_header_size:
+            return body_len
     if len(head) < len(MAGIC) or head[: len(MAGIC) - 1] != MAGIC[:-1]:
         raise MalformedEnvelopeError(
             "input is not a kmsenvelope envelope (no 'KMSENV' marker at the start)"
@@ -337,12 +453,52 @@ def _read_fully(src: BinaryIO) -> Callable[[int], bytes]:
 _READS_FULLY = (io.BytesIO, io.BufferedReader)  # their read(n) stops short only at the end
 
 
+def header_fields(
+    data: bytes, limits: Limits = DEFAULT_LIMITS
+) -> tuple[int, bytes, Mapping[str, str], tuple[WrappedKey, ...], bytes, bytes, int]:
+    """:func:`parse_header` for ``bytes``, parsed in place and without building a
+    :class:`Header` (same checks, same errors): ``(chunk_size, nonce, context, recipients,
+    mac, authenticated_bytes, header_size)``. For the engine's in-memory decryption."""
+    if len(data) >= _FIXED.size:  # the checks of _body_length and _parse_fields up to the
+        # context, all at once; anything unusual is left to them (for their error messages)
+        magic, body_len, chunk_size, nonce, n_ctx = _FIXED.unpack_from(data)
+        end = _PREFIX.size + body_len
+        if (
+            magic == MAGIC
+            and _FIXED.size - _PREFIX.size <= body_len <= limits.max_header_size
+            and len(data) >= end + MAC_SIZE
+            and MIN_CHUNK_SIZE <= chunk_size <= limits.max_chunk_size
+            and n_ctx <= limits.max_context_entries
+        ):
+            pos = _FIXED.size
+            context = _NO_CONTEXT
+            if n_ctx:
+                context, pos = _read_context(data, pos, end, n_ctx)
+            recipients = _read_recipients(data, pos, end, limits)
+            size = end + MAC_SIZE
+            return chunk_size, nonce, context, recipients, data[end:size], data[:end], size
+    body_at = _PREFIX.size
+    if data.startswith(MAGIC) and len(data) >= body_at:  # _body_length's usual case
+        end = body_at + int.from_bytes(data[len(MAGIC) : body_at], "big")
+        if end - body_at > limits.max_header_size:
+            end = body_at + _body_length(data[:body_at], limits)  # raises
+    else:
+        end = body_at + _body_length(data[:body_at], limits)
+    size = end + MAC_SIZE
+    if len(data) < size:
+        raise MalformedEnvelopeError("envelope is truncated")
+    chunk_size, nonce, context, recipients = _parse_fields(data, body_at, end, limits)
+    return chunk_size, nonce, context, recipients, data[end:size], data[:end], size
+
+
 def parse_header(
     data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[Header, int]:
     """Parse the binary header at the start of ``data``; return it and its size in bytes."""
-    # A BytesIO shares a bytes object's buffer: nothing is copied but what is read.
-    return _parse(io.BytesIO(data).read if isinstance(data, bytes) else _View(data).read, limits)
+    if isinstance(data, bytes):
+        chunk_size, nonce, context, recipients, mac, raw, size = header_fields(data, limits)
+        return Header(chunk_size, nonce, context, recipients, mac, raw), size
+    return _parse(_View(data).read, limits)
 
 
 def read_header(src: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[Header, int]:
@@ -370,13 +526,20 @@ def _encode_string(value: str, width: int, what: str) -> bytes:
     return len(raw).to_bytes(width, "big") + raw
 
 
+# The encoded provider, key id and algorithm of recipients that passed _check_new, by their
+# text: a writer encrypts to the same few keys again and again. Bounded as the parser's memos.
+_encoded_heads: dict[tuple[str, str, str], bytes] = {}
+
+
 def _encode_body(
     chunk_size: int,
     nonce: bytes,
     context: Mapping[str, str],
     recipients: Sequence[WrappedKey],
+    checked: bool = False,
 ) -> bytes:
-    """The header body bytes for these fields (section 5.3)."""
+    """The header body bytes for these fields (section 5.3); ``checked``: the recipients
+    passed :func:`_check_new` (their encoded heads may then be remembered)."""
     parts = [
         chunk_size.to_bytes(4, "big"),
         nonce,
@@ -385,9 +548,19 @@ def _encode_body(
     ]
     append = parts.append
     for r in recipients:
-        append(_encode_string(r.provider, 1, "provider name"))
-        append(_encode_string(r.key_id, 2, "key id"))
-        append(_encode_string(r.algorithm, 1, "algorithm"))
+        names = (r.provider, r.key_id, r.algorithm)
+        head = _encoded_heads.get(names)
+        if head is None:
+            head = (
+                _encode_string(r.provider, 1, "provider name")
+                + _encode_string(r.key_id, 2, "key id")
+                + _encode_string(r.algorithm, 1, "algorithm")
+            )
+            if checked and len(head) <= _MEMO_FIELD_BYTES:
+                if len(_encoded_heads) >= _MEMO_ENTRIES:
+                    _encoded_heads.clear()
+                _encoded_heads[names] = head
+        append(head)
         if r.params:
             params = sorted(r.params.items())
             if len(params) > 0xFF:
@@ -419,6 +592,8 @@ def _check_new(
             f"an encryption context has at most {DEFAULT_LIMITS.max_context_entries} entries"
         )
     for r in recipients:
+        if (r.provider, r.key_id, r.algorithm) in _encoded_heads:
+            continue  # checked (and encoded) before
         if not (r.provider.isascii() and r.algorithm.isascii()):
             raise ValueError("provider and algorithm names must be ASCII")
         try:
@@ -443,8 +618,38 @@ def encode_new_header(
 ) -> bytes:
     """``new_header(...).authenticated_bytes()`` without building a :class:`Header`: the
     prefix and body that the header MAC covers (one call per encrypted message)."""
+    if len(recipients) == 1:  # the usual case: one recipient, no params, checked before
+        r = recipients[0]
+        head = _encoded_heads.get((r.provider, r.key_id, r.algorithm))
+        wrapped = r.ciphertext
+        if (
+            head is not None
+            and not r.params
+            and type(chunk_size) is int
+            and MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE
+            and len(wrapped) <= 0xFFFF
+            and len(context) <= DEFAULT_LIMITS.max_context_entries
+        ):
+            encoded_context = encode_context(context)
+            # chunk size 4 + nonce + context + recipient count 2 + head + no params 1 + length 2
+            length = 9 + len(nonce) + len(encoded_context) + len(head) + len(wrapped)
+            if length <= DEFAULT_LIMITS.max_header_size:
+                return b"".join(
+                    (
+                        MAGIC,
+                        length.to_bytes(4, "big"),
+                        chunk_size.to_bytes(4, "big"),
+                        nonce,
+                        encoded_context,
+                        b"\x00\x01",
+                        head,
+                        b"\x00",
+                        len(wrapped).to_bytes(2, "big"),
+                        wrapped,
+                    )
+                )
     _check_new(chunk_size, context, recipients)
-    return _prefixed(_encode_body(chunk_size, nonce, context, recipients))
+    return _prefixed(_encode_body(chunk_size, nonce, context, recipients, checked=True))
 
 
 def new_header(
@@ -456,5 +661,6 @@ def new_header(
     """Build a header for writing; refuse anything a v1 reader would reject."""
     _check_new(chunk_size, context, recipients)
     header = Header(chunk_size, nonce, MappingProxyType(dict(context)), tuple(recipients))
-    object.__setattr__(header, "_encoded", _prefixed(header.body()))
+    body = _encode_body(chunk_size, nonce, context, recipients, checked=True)
+    object.__setattr__(header, "_encoded", _prefixed(body))
     return header

@@ -33,6 +33,12 @@ _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
 _IPAD_FILL = b"\x36" * _BLOCK  # zero padding, XORed with the pad byte
 _OPAD_FILL = b"\x5c" * _BLOCK
+# The padding after a 32-byte key (a DEK-derived key, an HKDF PRK) and a 16-byte one (the
+# header nonce, HKDF's salt): the per-envelope HMACs below use them without a _pads call.
+_IPAD_32, _OPAD_32 = _IPAD_FILL[32:], _OPAD_FILL[32:]
+_IPAD_48, _OPAD_48 = _IPAD_FILL[16:], _OPAD_FILL[16:]
+_INFO_1 = KDF_INFO + b"\x01"  # HKDF-Expand's first and second block messages (after T(1))
+_INFO_2 = KDF_INFO + b"\x02"
 
 
 def _pads(key: bytes) -> tuple[bytes, bytes]:
@@ -48,6 +54,9 @@ def _pads(key: bytes) -> tuple[bytes, bytes]:
 
 def hmac_sha256(key: bytes, message: bytes) -> bytes:
     """RFC 2104 HMAC-SHA256 (identical to ``hmac.digest(key, message, 'sha256')``)."""
+    if len(key) == 32:  # every key of an envelope: the pads without a call
+        inner = key.translate(_IPAD) + _IPAD_32
+        return sha256(key.translate(_OPAD) + _OPAD_32 + sha256(inner + message).digest()).digest()
     inner, outer = _pads(key)
     return sha256(outer + sha256(inner + message).digest()).digest()
 
@@ -79,8 +88,19 @@ def hkdf_sha256_two_blocks(ikm: bytes, salt: bytes, info: bytes) -> tuple[bytes,
 
 
 def derive_keys(dek: bytes, nonce: bytes) -> tuple[bytes, bytes]:
-    """Return ``(payload_key, mac_key)`` = HKDF-SHA256(DEK, salt=nonce, 'kmsenvelope/v1 keys')."""
-    return hkdf_sha256_two_blocks(dek, nonce, KDF_INFO)
+    """Return ``(payload_key, mac_key)`` = HKDF-SHA256(DEK, salt=nonce, 'kmsenvelope/v1 keys').
+
+    :func:`hkdf_sha256_two_blocks` written out for the 16-byte nonce of an envelope (it runs
+    once per envelope): six SHA-256 calls and nothing else that costs."""
+    if len(nonce) != 16:
+        return hkdf_sha256_two_blocks(dek, nonce, KDF_INFO)
+    prk = sha256(
+        nonce.translate(_OPAD) + _OPAD_48 + sha256(nonce.translate(_IPAD) + _IPAD_48 + dek).digest()
+    ).digest()
+    inner = prk.translate(_IPAD) + _IPAD_32
+    outer = prk.translate(_OPAD) + _OPAD_32
+    first = sha256(outer + sha256(inner + _INFO_1).digest()).digest()
+    return first, sha256(outer + sha256(inner + first + _INFO_2).digest()).digest()
 
 
 def header_mac(mac_key: bytes, authenticated: bytes) -> bytes:
