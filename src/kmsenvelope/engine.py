@@ -9,8 +9,10 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from typing import Any, BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .auditing import AuditSinkError, AuditTrail
 from .cache import DataKeyCache
@@ -22,7 +24,7 @@ from .errors import (
     ProviderError,
     UnknownSchemeError,
 )
-from .format.chunks import payload_length
+from .format.chunks import SINGLE_FINAL_NONCE, TAG_SIZE, payload_length
 from .format.compact import (
     COMPACT_PREFIX,
     WHITESPACE,
@@ -46,9 +48,10 @@ from .format.header import (
     read_header,
     validate_context,
 )
-from .format.keyschedule import DEK_SIZE, derive_keys, hmac_sha256
+from .format.keyschedule import DEK_SIZE, MAC_SIZE, derive_keys, hmac_sha256
 from .inspection import EnvelopeInfo, inspect_envelope
-from .kek import KeyEncryptionKey, WrappedKey, scheme_of
+from .kek import NO_PARAMS, WRAPPED_KEY_SETTERS, KeyEncryptionKey, WrappedKey, scheme_of
+from .known_headers import NONCE_AT, NONCE_END, KnownHeader, KnownHeaders
 from .pipeline import (
     decrypt_bytes,
     decrypt_payload,
@@ -71,7 +74,11 @@ from .trust import (
 __all__ = ["KEK_CACHE_SIZE", "Engine", "EnvelopeInfo", "Recipient", "inspect_envelope"]
 
 Recipient = str | KeyEncryptionKey
+_new = object.__new__
+_set_provider, _set_key_id, _set_algorithm, _set_ciphertext, _set_params = WRAPPED_KEY_SETTERS
 MAX_WRAP_THREADS = 8
+SMALL_PAYLOAD = 64 << 10
+"""Payloads of in-memory envelopes up to this size are sliced (copied), larger ones viewed."""
 Progress = Callable[[int], None]
 
 
@@ -138,6 +145,8 @@ class Engine:
         # key id -> (its scheme, the KEKs of ``keys`` to try for it): built on first use.
         self._own: dict[str, tuple[str | None, tuple[KeyEncryptionKey, ...]]] | None = None
         self._attempt_limit: int | None = None
+        self._default_context: Mapping[str, str] | None = None  # see _context
+        self._known = KnownHeaders()  # layouts of headers decrypted before (known_headers.py)
 
     @property
     def registry(self) -> ProviderRegistry:
@@ -193,6 +202,13 @@ class Engine:
             if self._audit is None:
                 self._audit = built
             return self._audit
+
+    def _context(self) -> Mapping[str, str]:
+        """The config's encryption context, checked (once: the config is immutable)."""
+        ctx = self._default_context
+        if ctx is None:
+            ctx = self._default_context = validate_context(self.config.context)
+        return ctx
 
     def key_allowed(self, uri: str) -> bool:
         """Whether ``uri`` may be opened through a provider to unwrap (see the class)."""
@@ -254,12 +270,14 @@ class Engine:
     ) -> WrappedKey:
         """``kek.wrap``, checked and recorded (one audit event, ``ok`` or ``error``)."""
         try:
-            recorder = self.audit.call("wrap", kek.key_id, None, context)
-            if type(recorder) is nullcontext:  # nothing to record: no need to enter it
+            audit = self._audit
+            if audit is None:
+                audit = self.audit
+            if audit.idle():  # nothing to record: no need to enter a block
                 w = kek.wrap(dek, context)
                 _check_wrapped(kek, w)
             else:
-                with recorder:
+                with audit.call("wrap", kek.key_id, None, context):
                     w = kek.wrap(dek, context)
                     _check_wrapped(kek, w)
         except KmsEnvelopeError:
@@ -377,9 +395,12 @@ class Engine:
         mac: bytes,
         keys: Sequence[KeyEncryptionKey],
         size: int | None = None,
+        own: tuple[KeyEncryptionKey, ...] | None = (),
     ) -> tuple[bytes, tuple[bytes, bytes]]:
         """``(dek, (payload_key, mac_key))`` from the first recipient that unwraps, checked by
-        the header MAC (over ``authenticated``, the header as received).
+        the header MAC (over ``authenticated``, the header as received). ``own``: what
+        :meth:`_own_candidates` returns for the first recipient, if the caller knows it
+        (``()``, which it never returns, means: look it up).
 
         With a data-key cache and ``size`` (the plaintext length of an in-memory envelope), a
         data key that the same KEK unwrapped before from the same stanza under the same
@@ -387,30 +408,27 @@ class Engine:
         been called (supplied, or allowed by the trust policy), and checked by the MAC all
         the same; a key is cached only once it has authenticated a header.
         """
-        cache, plain = (None, 0) if size is None else (self.data_key_cache, size)
-        limit = self.max_unwrap_attempts
-        audit = self.audit
+        cache = None if size is None else self.data_key_cache
         # The usual case first: the first recipient's exact key is one of this engine's own
-        # KEKs. Its first candidate is tried here, without the bookkeeping below; if it fails,
-        # the loop below records that attempt and goes on from the next candidate.
-        own = self._own_candidates(recipients[0]) if recipients and not keys else None
+        # KEKs. Its first candidate is tried here, without the bookkeeping of _unwrap_rest; if
+        # it fails, _unwrap_rest records that attempt and goes on from the next candidate.
+        if keys or not recipients:
+            own = None
+        elif own == ():
+            own = self._own_candidates(recipients[0])
         tried: Exception | None = None  # what the first attempt raised, if it was made here
-        if own is not None:
+        limit = self._attempt_limit
+        if limit is None:
+            limit = self.max_unwrap_attempts
+        if own is not None and (cache is not None or limit >= 1):
             kek, first = own[0], recipients[0]
             if cache is not None:
-                dek = cache.opened_key(kek, first, context, plain)
+                dek = cache.opened_key(kek, first, context, size or 0)
                 if dek is not None:
                     return dek, _derive_checked(dek, nonce, authenticated, mac)
             if limit >= 1:
                 try:  # recorded before the data key is used; an unrecorded one is dropped
-                    recorder = audit.call("unwrap", kek.key_id, None, context)
-                    if type(recorder) is nullcontext:  # nothing to record: no need to enter it
-                        dek = kek.unwrap(first, context)
-                    else:
-                        with recorder:
-                            dek = _checked_dek(kek.unwrap(first, context))
-                    if type(dek) is not bytes or len(dek) != DEK_SIZE:
-                        dek = _checked_dek(dek)
+                    dek = self._unwrap_one(kek, first, context)
                 except AuditSinkError:
                     raise
                 except Exception as exc:
@@ -418,14 +436,48 @@ class Engine:
                 else:
                     derived = _derive_checked(dek, nonce, authenticated, mac)
                     if cache is not None:
-                        cache.keep_opened(kek, first, context, plain, dek)
+                        cache.keep_opened(kek, first, context, size or 0, dek)
                     return dek, derived
-        attempts = UnwrapAttempts(limit)
+        return self._unwrap_rest(
+            recipients, nonce, context, authenticated, mac, keys, size, own, tried
+        )
+
+    def _unwrap_one(
+        self, kek: KeyEncryptionKey, wrapped: WrappedKey, context: Mapping[str, str]
+    ) -> bytes:
+        """``kek.unwrap``, checked and recorded (one audit event, ``ok`` or ``error``)."""
+        audit = self._audit
+        if audit is None:
+            audit = self.audit
+        if audit.idle():  # nothing to record: no need to enter a block
+            dek = kek.unwrap(wrapped, context)
+            if type(dek) is bytes and len(dek) == DEK_SIZE:
+                return dek
+            return _checked_dek(dek)
+        with audit.call("unwrap", kek.key_id, None, context):
+            return _checked_dek(kek.unwrap(wrapped, context))
+
+    def _unwrap_rest(
+        self,
+        recipients: Sequence[WrappedKey],
+        nonce: bytes,
+        context: Mapping[str, str],
+        authenticated: bytes,
+        mac: bytes,
+        keys: Sequence[KeyEncryptionKey],
+        size: int | None,
+        own: tuple[KeyEncryptionKey, ...] | None,
+        tried: Exception | None,
+    ) -> tuple[bytes, tuple[bytes, bytes]]:
+        """:meth:`_unwrap` after its first attempt: ``tried`` is what that attempt (with
+        ``own[0]`` for the first recipient) raised, or None if it was not made."""
+        cache, plain = (None, 0) if size is None else (self.data_key_cache, size)
+        attempts = UnwrapAttempts(self.max_unwrap_attempts)
         for index, recipient in enumerate(recipients):
             failures = attempts.recipient(recipient.key_id)
             candidates: Iterable[KeyEncryptionKey]
             if index == 0 and tried is not None:
-                attempts.spend(failures)  # the attempt made above
+                attempts.spend(failures)  # the attempt made before
                 failures.failed(_as_error(tried))
                 candidates = own[1:] if own is not None else ()
             else:
@@ -439,8 +491,7 @@ class Engine:
                 if not attempts.spend(failures):
                     break
                 try:  # recorded before the data key is used; an unrecorded one is dropped
-                    with audit.call("unwrap", kek.key_id, None, context):
-                        dek = _checked_dek(kek.unwrap(recipient, context))
+                    dek = self._unwrap_one(kek, recipient, context)
                 except AuditSinkError:
                     raise
                 except Exception as exc:
@@ -472,7 +523,7 @@ class Engine:
         else:
             check_chunk_size(chunk_size)
             size = chunk_size
-        ctx = validate_context(self.config.context if context is None else context)
+        ctx = self._context() if context is None else validate_context(context)
         keks = self._resolve(to)
         secret = os.urandom(DEK_SIZE + NONCE_SIZE)  # one call for the DEK and the nonce
         dek, nonce = secret[:DEK_SIZE], secret[DEK_SIZE:]
@@ -501,6 +552,44 @@ class Engine:
         chunk_size: int | None = None,
     ) -> bytes:
         """Encrypt ``data`` for every recipient in ``to``; return the envelope."""
+        audit = self._audit
+        if (
+            (type(to) is list or type(to) is tuple)
+            and len(to) == 1
+            and chunk_size is None
+            and self.data_key_cache is None
+            and len(data) <= DEFAULT_CHUNK_SIZE
+            and not armor
+            and not isinstance(to[0], str)
+            and audit is not None
+            and audit.idle()
+        ):
+            # The usual small message to one KEK object, nothing to record, no cache: _start,
+            # _wrap_one and encrypt_bytes written out (each line as there), as it runs per message.
+            kek = to[0]
+            if context is not None:
+                ctx = validate_context(context)
+            else:
+                ctx = self._default_context or self._context()
+            secret = os.urandom(DEK_SIZE + NONCE_SIZE)
+            dek, nonce = secret[:DEK_SIZE], secret[DEK_SIZE:]
+            try:
+                w = kek.wrap(dek, ctx)
+                if type(w) is not WrappedKey or _SOUND_KEY_IDS.get(w.key_id) != w.provider:
+                    _check_wrapped(kek, w)
+            except KmsEnvelopeError:
+                raise
+            except Exception as exc:
+                raise ProviderError(f"{kek.key_id}: wrap failed: {_as_error(exc)}") from exc
+            authenticated = encode_new_header(DEFAULT_CHUNK_SIZE, nonce, ctx, (w,))
+            payload_key, mac_key = derive_keys(dek, nonce)
+            return b"".join(
+                (
+                    authenticated,
+                    hmac_sha256(mac_key, authenticated),
+                    AESGCM(payload_key).encrypt(SINGLE_FINAL_NONCE, data, None),
+                )
+            )
         header, payload_key, size = self._start(to, context, chunk_size, len(data))
         binary = header + encrypt_bytes(data, payload_key, size)
         return to_compact(binary) + b"\n" if armor else binary
@@ -535,7 +624,19 @@ class Engine:
         keys: Sequence[KeyEncryptionKey] = (),
     ) -> bytes:
         """Authenticate and decrypt an envelope (binary or compact) held in memory."""
-        if type(blob) is bytes and blob.startswith(MAGIC):  # the usual case, checked first
+        if type(blob) is bytes and not keys:  # the usual case first: a header seen before
+            known = self._known.last
+            if (
+                known is None
+                or not blob.startswith(known.prefix)
+                or not blob.startswith(known.middle, NONCE_END)
+                or len(blob) < known.size
+                or known.limits is not self.limits
+            ):
+                known = self._known.find(blob, self.limits)
+            if known is not None:
+                return self._decrypt_known(blob, known, context)
+        if type(blob) is bytes and blob.startswith(MAGIC):
             raw = blob
         elif isinstance(blob, str):
             raw = from_compact(blob)
@@ -546,6 +647,16 @@ class Engine:
         chunk_size, nonce, ctx, recipients, mac, authenticated, size = header_fields(
             raw, self.limits
         )
+        if len(recipients) == 1 and not keys:  # the next one like it needs no parsing
+            self._known.learn(
+                raw,
+                size - MAC_SIZE,
+                chunk_size,
+                ctx,
+                recipients[0],
+                self._own_candidates(recipients[0]),
+                self.limits,
+            )
         if context:
             check_context(ctx, context)
         payload = memoryview(raw)[size:]
@@ -555,6 +666,69 @@ class Engine:
         _dek, (payload_key, _mac_key) = self._unwrap(
             recipients, nonce, ctx, authenticated, mac, keys, plain
         )
+        return decrypt_bytes(payload, payload_key, chunk_size)
+
+    def _decrypt_known(
+        self, blob: bytes, known: KnownHeader, context: Mapping[str, str] | None
+    ) -> bytes:
+        """:meth:`decrypt` for an envelope whose header has a layout parsed before: its
+        nonce and wrapped key are read in place, everything else is ``known``'s. The usual
+        case (this engine's own KEK, no data-key cache) is written out: it runs per message."""
+        ctx = known.context
+        if context:
+            check_context(ctx, context)
+        end = known.end
+        wrapped: WrappedKey = _new(WrappedKey)  # checked_wrapped_key, written out
+        _set_provider(wrapped, known.provider)
+        _set_key_id(wrapped, known.key_id)
+        _set_algorithm(wrapped, known.algorithm)
+        _set_ciphertext(wrapped, blob[known.wrapped_at : end])
+        _set_params(wrapped, NO_PARAMS)
+        nonce = blob[NONCE_AT:NONCE_END]
+        authenticated = blob[:end]
+        mac = blob[end : end + MAC_SIZE]
+        # A small payload is copied (cheaper than a memoryview); a large one read in place.
+        size = known.size
+        payload = blob[size:] if len(blob) - size <= SMALL_PAYLOAD else memoryview(blob)[size:]
+        chunk_size = known.chunk_size
+        own = known.own
+        limit = self._attempt_limit
+        audit = self._audit
+        if (
+            own is None
+            or self.data_key_cache is not None
+            or limit is None
+            or limit < 1
+            or audit is None
+            or not audit.idle()
+        ):
+            plain = (
+                None if self.data_key_cache is None else payload_length(len(payload), chunk_size)
+            )
+            _dek, (payload_key, _mac_key) = self._unwrap(
+                (wrapped,), nonce, ctx, authenticated, mac, (), plain, own
+            )
+        else:  # _unwrap's first attempt, with nothing to record
+            kek = own[0]
+            try:
+                dek = kek.unwrap(wrapped, ctx)
+                if type(dek) is not bytes or len(dek) != DEK_SIZE:
+                    dek = _checked_dek(dek)
+            except AuditSinkError:  # a KEK's own audit log failed: as _unwrap, not a miss
+                raise
+            except Exception as exc:  # the others, and the error for this one, as _unwrap does
+                _dek, (payload_key, _mac_key) = self._unwrap_rest(
+                    (wrapped,), nonce, ctx, authenticated, mac, (), None, own, exc
+                )
+            else:
+                payload_key, mac_key = derive_keys(dek, nonce)
+                if not hmac.compare_digest(hmac_sha256(mac_key, authenticated), mac):
+                    raise AuthenticationError()
+        if TAG_SIZE <= len(payload) <= chunk_size + TAG_SIZE:  # one chunk, the last
+            try:
+                return AESGCM(payload_key).decrypt(SINGLE_FINAL_NONCE, payload, None)
+            except InvalidTag:
+                raise AuthenticationError() from None
         return decrypt_bytes(payload, payload_key, chunk_size)
 
     def decrypt_stream(
@@ -605,9 +779,16 @@ class Engine:
         return inspect_envelope(blob_or_file, self.limits)
 
 
+# Key ids that passed _check_wrapped, with their provider (bounded: emptied when full).
+_SOUND_KEY_IDS: dict[str, str] = {}
+
+
 def _check_wrapped(kek: KeyEncryptionKey, w: object) -> None:
     """``ProviderError`` unless ``w`` is a ``WrappedKey`` whose key id starts with its provider."""
     if type(w) is WrappedKey and scheme_or_none(w.key_id) == w.provider:
+        if len(_SOUND_KEY_IDS) >= 1024:
+            _SOUND_KEY_IDS.clear()
+        _SOUND_KEY_IDS[w.key_id] = w.provider
         return  # the usual case, checked first
     if not isinstance(w, WrappedKey):
         raise ProviderError(f"{kek.key_id}: wrap returned {type(w).__name__}, not WrappedKey")

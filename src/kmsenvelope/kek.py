@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
@@ -41,7 +41,7 @@ def _frozen(params: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(params)) if params else NO_PARAMS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class WrappedKey:
     """A data key wrapped by one KEK: the only thing that crosses the provider boundary.
 
@@ -55,28 +55,41 @@ class WrappedKey:
     ciphertext: bytes = field(repr=False)
     params: Mapping[str, str] = field(default_factory=lambda: NO_PARAMS)
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        provider: str,
+        key_id: str,
+        algorithm: str,
+        ciphertext: bytes | bytearray | memoryview,
+        params: Mapping[str, str] = NO_PARAMS,
+    ) -> None:
+        # Written out rather than generated: every wrap and every parsed stanza builds one,
+        # and the usual case (three non-empty str, bytes, no params) is checked in one test.
         if not (
-            isinstance(self.provider, str)
-            and self.provider
-            and isinstance(self.key_id, str)
-            and self.key_id
-            and isinstance(self.algorithm, str)
-            and self.algorithm
+            type(provider) is str
+            and type(key_id) is str
+            and type(algorithm) is str
+            and provider
+            and key_id
+            and algorithm
         ):
-            for name in ("provider", "key_id", "algorithm"):
-                if not isinstance(getattr(self, name), str) or not getattr(self, name):
+            named = (("provider", provider), ("key_id", key_id), ("algorithm", algorithm))
+            for name, value in named:
+                if not isinstance(value, str) or not value:
                     raise ValueError(f"WrappedKey.{name} must be a non-empty string")
-        if type(self.ciphertext) is not bytes:
-            object.__setattr__(self, "ciphertext", bytes(self.ciphertext))
-        params = self.params
-        if params is NO_PARAMS:
-            return
-        if params:
-            for k, v in params.items():
-                if not isinstance(k, str) or not isinstance(v, str):
-                    raise ValueError("WrappedKey.params must map str to str")
-        object.__setattr__(self, "params", _frozen(params))
+        if type(ciphertext) is not bytes:
+            ciphertext = bytes(ciphertext)
+        if params is not NO_PARAMS:
+            if params:
+                for k, v in params.items():
+                    if not isinstance(k, str) or not isinstance(v, str):
+                        raise ValueError("WrappedKey.params must map str to str")
+            params = _frozen(params)
+        _SET_PROVIDER(self, provider)
+        _SET_KEY_ID(self, key_id)
+        _SET_ALGORITHM(self, algorithm)
+        _SET_CIPHERTEXT(self, ciphertext)
+        _SET_PARAMS(self, params)
 
     def __repr__(self) -> str:
         return (
@@ -98,6 +111,41 @@ class WrappedKey:
             and self.ciphertext == other.ciphertext
             and dict(self.params) == dict(other.params)
         )
+
+
+# The slots' own setters: a frozen dataclass cannot assign its fields, and these are about a
+# third cheaper than ``object.__setattr__`` (a WrappedKey is built for every wrap and parse).
+
+
+def _setter(name: str) -> Callable[[WrappedKey, Any], None]:
+    """The ``__set__`` of the slot ``name`` (its member descriptor on the class)."""
+    setter: Callable[[WrappedKey, Any], None] = getattr(WrappedKey, name).__set__
+    return setter
+
+
+_SET_PROVIDER = _setter("provider")
+_SET_KEY_ID = _setter("key_id")
+_SET_ALGORITHM = _setter("algorithm")
+_SET_CIPHERTEXT = _setter("ciphertext")
+_SET_PARAMS = _setter("params")
+WRAPPED_KEY_SETTERS = (_SET_PROVIDER, _SET_KEY_ID, _SET_ALGORITHM, _SET_CIPHERTEXT, _SET_PARAMS)
+"""Internal: the five field setters in field order, for code that builds a ``WrappedKey`` of
+fields it has checked (:func:`checked_wrapped_key`, written out where it runs per message)."""
+_new = object.__new__
+
+
+def checked_wrapped_key(
+    provider: str, key_id: str, algorithm: str, ciphertext: bytes, params: Mapping[str, str]
+) -> WrappedKey:
+    """A ``WrappedKey`` of fields already checked as its constructor would (internal: the
+    parser builds one per stanza of a header it has seen before, without checking again)."""
+    wrapped: WrappedKey = _new(WrappedKey)
+    _SET_PROVIDER(wrapped, provider)
+    _SET_KEY_ID(wrapped, key_id)
+    _SET_ALGORITHM(wrapped, algorithm)
+    _SET_CIPHERTEXT(wrapped, ciphertext)
+    _SET_PARAMS(wrapped, params)
+    return wrapped
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import UnwrapError
 from .format.header import encode_context
-from .kek import WrappedKey
+from .kek import NO_PARAMS, WrappedKey, checked_wrapped_key
 
 __all__ = ["InMemoryKEK"]
 
@@ -30,6 +30,8 @@ class InMemoryKEK:
         self._aead = AESGCM(key)
         self._key_id = f"memory:{name}"
         self._aad_prefix = self._key_id.encode() + b"\x00"
+        self._aad_empty = self._aad_prefix + encode_context({})  # the usual, empty context
+        WrappedKey("memory", self._key_id, ALGORITHM, b"")  # the fields pass its checks once
 
     @classmethod
     def generate(cls, name: str = "test") -> InMemoryKEK:
@@ -44,19 +46,21 @@ class InMemoryKEK:
         return f"InMemoryKEK({self._key_id!r})"
 
     def _aad(self, context: Mapping[str, str]) -> bytes:
-        return self._aad_prefix + encode_context(context)
+        return self._aad_prefix + encode_context(context) if context else self._aad_empty
 
     def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
         nonce = os.urandom(12)
-        ct = self._aead.encrypt(nonce, dek, self._aad(context))
-        return WrappedKey("memory", self._key_id, ALGORITHM, nonce + ct)
+        ct = self._aead.encrypt(nonce, dek, self._aad_empty if not context else self._aad(context))
+        # Built without the constructor's checks: its text fields passed them in __init__.
+        return checked_wrapped_key("memory", self._key_id, ALGORITHM, nonce + ct, NO_PARAMS)
 
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
         if wrapped.key_id != self._key_id or wrapped.algorithm != ALGORITHM:
             raise UnwrapError(f"{wrapped.key_id}: not wrapped by {self._key_id}")
         blob = wrapped.ciphertext
+        aad = self._aad_empty if not context else self._aad(context)
         try:
-            return self._aead.decrypt(blob[:12], blob[12:], self._aad(context))
+            return self._aead.decrypt(blob[:12], blob[12:], aad)
         except (InvalidTag, ValueError):
             raise UnwrapError(
                 f"{self._key_id}: wrapped key did not authenticate (tampered, other key "

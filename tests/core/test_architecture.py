@@ -21,7 +21,7 @@ ROOMS: list[tuple[str, tuple[str, ...]]] = [
     ("format", ("format", "settings", "safe_files", "durability")),
     ("pipeline and configuration", ("pipeline", "config", "memory")),
     ("plugin host and trust", ("plugins", "hooks", "registration", "trust", "cache", "auditing")),
-    ("engine", ("engine", "inspection")),
+    ("engine", ("engine", "inspection", "known_headers")),
     ("operations", ("rewrapping", "hazmat", "conformance")),
     ("local provider and migration", ("local", "migrate")),
     ("recipes", ("__init__",)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -20,7 +21,7 @@ from typing import Any
 from ..config import AuditSettings, Config
 from .events import AuditEvent, Operation, check_operation
 from .sinks import AUDIT_LOGGER, AuditSinkError, Sink, make_sink
-from .tracing import Tracing
+from .tracing import OTEL_TRACE, Tracing
 
 __all__ = ["AuditTrail"]
 
@@ -64,6 +65,12 @@ class AuditTrail:
         self._sinks: tuple[Sink, ...] = tuple(sinks)
         self.best_effort = best_effort
         self._tracing = Tracing(tracer_provider)
+        # No sink and no tracer given: only an OpenTelemetry imported later can make a call
+        # worth recording (see idle).
+        # (A subclass that records in its own ``call`` is never idle.)
+        self._quiet = (
+            not self._sinks and tracer_provider is None and type(self).call is AuditTrail.call
+        )
         self._lock = threading.Lock()
         self._lost: dict[str, int] = {}  # sink name -> events lost in its current failure burst
 
@@ -86,6 +93,12 @@ class AuditTrail:
     @property
     def sinks(self) -> tuple[Sink, ...]:
         return self._sinks
+
+    def idle(self) -> bool:
+        """True when a call now would record nothing (no sink, and OpenTelemetry not imported
+        nor given): the caller may then skip :meth:`call` (one dict lookup, for the hot path).
+        False does not mean that anything will be recorded: :meth:`call` decides."""
+        return self._quiet and OTEL_TRACE not in sys.modules
 
     def call(
         self,

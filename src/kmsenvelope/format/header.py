@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import BinaryIO, TypeVar, overload
 
 from ..errors import MalformedEnvelopeError
-from ..kek import NO_PARAMS, WrappedKey, scheme_of
+from ..kek import NO_PARAMS, WrappedKey, checked_wrapped_key, scheme_of
 from .keyschedule import MAC_SIZE, header_mac, verify_header_mac
 
 __all__ = [
@@ -240,10 +240,6 @@ def _read_context(buf: bytes, pos: int, end: int, count: int) -> tuple[Mapping[s
     return frozen, pos
 
 
-_new = object.__new__  # to build a WrappedKey of remembered fields (see _parse_fields)
-_set = object.__setattr__
-
-
 def _read_params(buf: bytes, pos: int, end: int) -> tuple[Mapping[str, str], int]:
     """A recipient's params (count byte, then sorted name/value pairs) and the position after."""
     if pos >= end:
@@ -340,13 +336,7 @@ def _read_recipients(buf: bytes, pos: int, end: int, limits: Limits) -> tuple[Wr
         if known is not None:
             # A WrappedKey of fields checked when they were remembered (non-empty text, the
             # key id's scheme is the provider): built without checking them again.
-            wrapped: WrappedKey = _new(WrappedKey)
-            _set(wrapped, "provider", provider)
-            _set(wrapped, "key_id", key_id)
-            _set(wrapped, "algorithm", algorithm)
-            _set(wrapped, "ciphertext", ciphertext)
-            _set(wrapped, "params", params)
-            recipients.append(wrapped)
+            recipients.append(checked_wrapped_key(provider, key_id, algorithm, ciphertext, params))
             continue
         try:
             if scheme_of(key_id) != provider:
@@ -610,6 +600,12 @@ def _prefixed(body: bytes) -> bytes:
     return _PREFIX.pack(MAGIC, len(body)) + body
 
 
+# The bytes before and after the nonce of a one-recipient header with no context and no
+# params, by (provider, key id, algorithm, wrapped-key length, chunk size): filled only with
+# recipients already checked (their encoded head is in _encoded_heads). Bounded likewise.
+_empty_context_layouts: dict[tuple[str, str, str, int, int], tuple[bytes, bytes]] = {}
+
+
 def encode_new_header(
     chunk_size: int,
     nonce: bytes,
@@ -620,8 +616,21 @@ def encode_new_header(
     prefix and body that the header MAC covers (one call per encrypted message)."""
     if len(recipients) == 1:  # the usual case: one recipient, no params, checked before
         r = recipients[0]
-        head = _encoded_heads.get((r.provider, r.key_id, r.algorithm))
         wrapped = r.ciphertext
+        if (
+            not context
+            and r.params is NO_PARAMS
+            and len(nonce) == NONCE_SIZE
+            and type(chunk_size) is int
+        ):
+            # The same key, wrapped-key length and chunk size as before, no context: the
+            # header bytes around the nonce are those of the last such header.
+            layout = _empty_context_layouts.get(
+                (r.provider, r.key_id, r.algorithm, len(wrapped), chunk_size)
+            )
+            if layout is not None:
+                return layout[0] + nonce + layout[1] + wrapped
+        head = _encoded_heads.get((r.provider, r.key_id, r.algorithm))
         if (
             head is not None
             and not r.params
@@ -634,20 +643,17 @@ def encode_new_header(
             # chunk size 4 + nonce + context + recipient count 2 + head + no params 1 + length 2
             length = 9 + len(nonce) + len(encoded_context) + len(head) + len(wrapped)
             if length <= DEFAULT_LIMITS.max_header_size:
-                return b"".join(
-                    (
-                        MAGIC,
-                        length.to_bytes(4, "big"),
-                        chunk_size.to_bytes(4, "big"),
-                        nonce,
-                        encoded_context,
-                        b"\x00\x01",
-                        head,
-                        b"\x00",
-                        len(wrapped).to_bytes(2, "big"),
-                        wrapped,
-                    )
+                before = MAGIC + length.to_bytes(4, "big") + chunk_size.to_bytes(4, "big")
+                after = b"".join(
+                    (encoded_context, b"\x00\x01", head, b"\x00", len(wrapped).to_bytes(2, "big"))
                 )
+                if not context and r.params is NO_PARAMS and len(nonce) == NONCE_SIZE:
+                    if len(_empty_context_layouts) >= _MEMO_ENTRIES:
+                        _empty_context_layouts.clear()
+                    _empty_context_layouts[
+                        (r.provider, r.key_id, r.algorithm, len(wrapped), chunk_size)
+                    ] = (before, after)
+                return before + nonce + after + wrapped
     _check_new(chunk_size, context, recipients)
     return _prefixed(_encode_body(chunk_size, nonce, context, recipients, checked=True))
 
