@@ -14,7 +14,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import UnwrapError
 from .format.header import encode_context
-from .kek import NO_PARAMS, WrappedKey, checked_wrapped_key
+from .kek import NO_PARAMS, WRAPPED_KEY_SETTERS, WrappedKey
+
+_new = object.__new__
+_set_provider, _set_key_id, _set_algorithm, _set_ciphertext, _set_params = WRAPPED_KEY_SETTERS
 
 __all__ = ["InMemoryKEK"]
 
@@ -51,8 +54,14 @@ class InMemoryKEK:
     def wrap(self, dek: bytes, context: Mapping[str, str]) -> WrappedKey:
         nonce = os.urandom(12)
         ct = self._aead.encrypt(nonce, dek, self._aad_empty if not context else self._aad(context))
-        # Built without the constructor's checks: its text fields passed them in __init__.
-        return checked_wrapped_key("memory", self._key_id, ALGORITHM, nonce + ct, NO_PARAMS)
+        # checked_wrapped_key written out (its text fields passed the checks in __init__).
+        wrapped: WrappedKey = _new(WrappedKey)
+        _set_provider(wrapped, "memory")
+        _set_key_id(wrapped, self._key_id)
+        _set_algorithm(wrapped, ALGORITHM)
+        _set_ciphertext(wrapped, nonce + ct)
+        _set_params(wrapped, NO_PARAMS)
+        return wrapped
 
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
         if wrapped.key_id != self._key_id or wrapped.algorithm != ALGORITHM:

@@ -601,9 +601,10 @@ def _prefixed(body: bytes) -> bytes:
 
 
 # The bytes before and after the nonce of a one-recipient header with no context and no
-# params, by (provider, key id, algorithm, wrapped-key length, chunk size): filled only with
-# recipients already checked (their encoded head is in _encoded_heads). Bounded likewise.
-_empty_context_layouts: dict[tuple[str, str, str, int, int], tuple[bytes, bytes]] = {}
+# params, by key id: (before, after, provider, algorithm, wrapped-key length, chunk size) of
+# the last one written, filled only with recipients already checked (their encoded head is
+# in _encoded_heads). Bounded likewise.
+_empty_context_layouts: dict[str, tuple[bytes, bytes, str, str, int, int]] = {}
 
 
 def encode_new_header(
@@ -617,18 +618,19 @@ def encode_new_header(
     if len(recipients) == 1:  # the usual case: one recipient, no params, checked before
         r = recipients[0]
         wrapped = r.ciphertext
-        if (
-            not context
-            and r.params is NO_PARAMS
-            and len(nonce) == NONCE_SIZE
-            and type(chunk_size) is int
-        ):
-            # The same key, wrapped-key length and chunk size as before, no context: the
-            # header bytes around the nonce are those of the last such header.
-            layout = _empty_context_layouts.get(
-                (r.provider, r.key_id, r.algorithm, len(wrapped), chunk_size)
-            )
-            if layout is not None:
+        if not context and r.params is NO_PARAMS:
+            # The same key id, provider, algorithm, wrapped-key length and chunk size as a
+            # header written before, no context: the bytes around the nonce are that header's.
+            layout = _empty_context_layouts.get(r.key_id)
+            if (
+                layout is not None
+                and layout[2] == r.provider
+                and layout[3] == r.algorithm
+                and layout[4] == len(wrapped)
+                and layout[5] == chunk_size
+                and type(chunk_size) is int
+                and len(nonce) == NONCE_SIZE
+            ):
                 return layout[0] + nonce + layout[1] + wrapped
         head = _encoded_heads.get((r.provider, r.key_id, r.algorithm))
         if (
@@ -650,9 +652,14 @@ def encode_new_header(
                 if not context and r.params is NO_PARAMS and len(nonce) == NONCE_SIZE:
                     if len(_empty_context_layouts) >= _MEMO_ENTRIES:
                         _empty_context_layouts.clear()
-                    _empty_context_layouts[
-                        (r.provider, r.key_id, r.algorithm, len(wrapped), chunk_size)
-                    ] = (before, after)
+                    _empty_context_layouts[r.key_id] = (
+                        before,
+                        after,
+                        r.provider,
+                        r.algorithm,
+                        len(wrapped),
+                        chunk_size,
+                    )
                 return before + nonce + after + wrapped
     _check_new(chunk_size, context, recipients)
     return _prefixed(_encode_body(chunk_size, nonce, context, recipients, checked=True))
