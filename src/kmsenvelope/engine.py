@@ -51,7 +51,7 @@ from .format.header import (
 from .format.keyschedule import DEK_SIZE, MAC_SIZE, derive_keys, hmac_sha256
 from .inspection import EnvelopeInfo, inspect_envelope
 from .kek import NO_PARAMS, WRAPPED_KEY_SETTERS, KeyEncryptionKey, WrappedKey, scheme_of
-from .known_headers import NONCE_AT, NONCE_END, KnownHeader, KnownHeaders
+from .known_headers import NONCE_AT, NONCE_END, KnownHeaders
 from .pipeline import (
     decrypt_bytes,
     decrypt_payload,
@@ -635,7 +635,79 @@ class Engine:
             ):
                 known = self._known.find(blob, self.limits)
             if known is not None:
-                return self._decrypt_known(blob, known, context)
+                # The header has a layout parsed before (known_headers.py): its nonce and
+                # wrapped key are read in place, everything else is ``known``'s. The usual
+                # case (this engine's own KEK, no data-key cache, nothing to record) is
+                # written out here, as it runs per message; anything else goes to _unwrap.
+                ctx = known.context
+                if context:
+                    check_context(ctx, context)
+                end = known.end
+                wrapped: WrappedKey = _new(WrappedKey)  # checked_wrapped_key, written out
+                _set_provider(wrapped, known.provider)
+                _set_key_id(wrapped, known.key_id)
+                _set_algorithm(wrapped, known.algorithm)
+                _set_ciphertext(wrapped, blob[known.wrapped_at : end])
+                _set_params(wrapped, NO_PARAMS)
+                nonce = blob[NONCE_AT:NONCE_END]
+                authenticated = blob[:end]
+                mac = blob[end : end + MAC_SIZE]
+                # A small payload is copied (cheaper than a memoryview); a large one read in place.
+                size = known.size
+                payload = (
+                    blob[size:] if len(blob) - size <= SMALL_PAYLOAD else memoryview(blob)[size:]
+                )
+                chunk_size = known.chunk_size
+                own = known.own
+                limit = self._attempt_limit
+                audit = self._audit
+                if (
+                    own is None
+                    or self.data_key_cache is not None
+                    or limit is None
+                    or limit < 1
+                    or audit is None
+                    or not audit.idle()
+                ):
+                    plain = (
+                        None
+                        if self.data_key_cache is None
+                        else payload_length(len(payload), chunk_size)
+                    )
+                    _dek, (payload_key, _mac_key) = self._unwrap(
+                        (wrapped,), nonce, ctx, authenticated, mac, (), plain, own
+                    )
+                else:  # _unwrap's first attempt, with nothing to record
+                    kek = own[0]
+                    try:
+                        dek = kek.unwrap(wrapped, ctx)
+                        if type(dek) is not bytes or len(dek) != DEK_SIZE:
+                            dek = _checked_dek(dek)
+                    except AuditSinkError:  # a KEK's own audit log failed: as in _unwrap
+                        raise
+                    except Exception as exc:  # the others, and this error, as _unwrap does
+                        _dek, (payload_key, _mac_key) = self._unwrap_rest(
+                            (wrapped,), nonce, ctx, authenticated, mac, (), None, own, exc
+                        )
+                    else:
+                        payload_key, mac_key = derive_keys(dek, nonce)
+                        if not hmac.compare_digest(hmac_sha256(mac_key, authenticated), mac):
+                            raise AuthenticationError()
+                if TAG_SIZE <= len(payload) <= chunk_size + TAG_SIZE:  # one chunk, the last
+                    try:
+                        return AESGCM(payload_key).decrypt(SINGLE_FINAL_NONCE, payload, None)
+                    except InvalidTag:
+                        raise AuthenticationError() from None
+                return decrypt_bytes(payload, payload_key, chunk_size)
+        return self._decrypt_parsing(blob, context, keys)
+
+    def _decrypt_parsing(
+        self,
+        blob: bytes | bytearray | memoryview | str,
+        context: Mapping[str, str] | None,
+        keys: Sequence[KeyEncryptionKey],
+    ) -> bytes:
+        """:meth:`decrypt` of an envelope whose header is parsed (its layout then learnt)."""
         if type(blob) is bytes and blob.startswith(MAGIC):
             raw = blob
         elif isinstance(blob, str):
@@ -666,69 +738,6 @@ class Engine:
         _dek, (payload_key, _mac_key) = self._unwrap(
             recipients, nonce, ctx, authenticated, mac, keys, plain
         )
-        return decrypt_bytes(payload, payload_key, chunk_size)
-
-    def _decrypt_known(
-        self, blob: bytes, known: KnownHeader, context: Mapping[str, str] | None
-    ) -> bytes:
-        """:meth:`decrypt` for an envelope whose header has a layout parsed before: its
-        nonce and wrapped key are read in place, everything else is ``known``'s. The usual
-        case (this engine's own KEK, no data-key cache) is written out: it runs per message."""
-        ctx = known.context
-        if context:
-            check_context(ctx, context)
-        end = known.end
-        wrapped: WrappedKey = _new(WrappedKey)  # checked_wrapped_key, written out
-        _set_provider(wrapped, known.provider)
-        _set_key_id(wrapped, known.key_id)
-        _set_algorithm(wrapped, known.algorithm)
-        _set_ciphertext(wrapped, blob[known.wrapped_at : end])
-        _set_params(wrapped, NO_PARAMS)
-        nonce = blob[NONCE_AT:NONCE_END]
-        authenticated = blob[:end]
-        mac = blob[end : end + MAC_SIZE]
-        # A small payload is copied (cheaper than a memoryview); a large one read in place.
-        size = known.size
-        payload = blob[size:] if len(blob) - size <= SMALL_PAYLOAD else memoryview(blob)[size:]
-        chunk_size = known.chunk_size
-        own = known.own
-        limit = self._attempt_limit
-        audit = self._audit
-        if (
-            own is None
-            or self.data_key_cache is not None
-            or limit is None
-            or limit < 1
-            or audit is None
-            or not audit.idle()
-        ):
-            plain = (
-                None if self.data_key_cache is None else payload_length(len(payload), chunk_size)
-            )
-            _dek, (payload_key, _mac_key) = self._unwrap(
-                (wrapped,), nonce, ctx, authenticated, mac, (), plain, own
-            )
-        else:  # _unwrap's first attempt, with nothing to record
-            kek = own[0]
-            try:
-                dek = kek.unwrap(wrapped, ctx)
-                if type(dek) is not bytes or len(dek) != DEK_SIZE:
-                    dek = _checked_dek(dek)
-            except AuditSinkError:  # a KEK's own audit log failed: as _unwrap, not a miss
-                raise
-            except Exception as exc:  # the others, and the error for this one, as _unwrap does
-                _dek, (payload_key, _mac_key) = self._unwrap_rest(
-                    (wrapped,), nonce, ctx, authenticated, mac, (), None, own, exc
-                )
-            else:
-                payload_key, mac_key = derive_keys(dek, nonce)
-                if not hmac.compare_digest(hmac_sha256(mac_key, authenticated), mac):
-                    raise AuthenticationError()
-        if TAG_SIZE <= len(payload) <= chunk_size + TAG_SIZE:  # one chunk, the last
-            try:
-                return AESGCM(payload_key).decrypt(SINGLE_FINAL_NONCE, payload, None)
-            except InvalidTag:
-                raise AuthenticationError() from None
         return decrypt_bytes(payload, payload_key, chunk_size)
 
     def decrypt_stream(
