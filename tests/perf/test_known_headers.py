@@ -28,7 +28,7 @@ from kmsenvelope.config import Config
 from kmsenvelope.errors import UnwrapError
 from kmsenvelope.format.header import DEFAULT_LIMITS, Limits, encode_new_header, new_header
 from kmsenvelope.hazmat import parse_header
-from kmsenvelope.known_headers import MAX_LAYOUTS, NONCE_AT, NONCE_END
+from kmsenvelope.known_headers import MAX_LAYOUTS, NONCE_END
 from kmsenvelope.memory import InMemoryKEK
 
 
