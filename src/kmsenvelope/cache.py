@@ -185,14 +185,9 @@ class DataKeyCache:
             entry = self._entries.get(key)
             if entry is not None:
                 if self._usable(entry, size):
-                    entry.messages += 1
-                    entry.bytes += size
                     self._hits += 1
-                    dek = bytes(entry.dek)
-                    wrapped = entry.wrapped
-                    if entry.messages >= self.max_messages:
-                        self._drop(key)
-                    return dek, wrapped
+                    wrapped = entry.wrapped  # read before _spend may drop the entry
+                    return self._spend(key, entry, size), wrapped
                 self._drop(key)
             self._misses += 1
         dek, wrapped_list = make()  # a KMS call: never under the lock
@@ -238,13 +233,8 @@ class DataKeyCache:
             entry = self._entries.get(key)
             if entry is not None:
                 if self._usable(entry, size):
-                    entry.messages += 1
-                    entry.bytes += size
                     self._unwrap_hits += 1
-                    dek = bytes(entry.dek)
-                    if entry.messages >= self.max_messages:
-                        self._drop(key)
-                    return dek
+                    return self._spend(key, entry, size)
                 self._drop(key)
             self._unwrap_misses += 1
         return None
@@ -287,6 +277,17 @@ class DataKeyCache:
             and entry.messages < self.max_messages
             and entry.bytes + size <= self.max_bytes
         )
+
+    def _spend(self, key: _Key, entry: _Entry, size: int) -> bytes:
+        """Count one more message of ``size`` bytes against ``entry`` (usable; lock held) and
+        return a copy of its data key; the entry is dropped (wiped) once its messages are used
+        up. Shared by both directions, so their limits cannot drift apart."""
+        entry.messages += 1
+        entry.bytes += size
+        dek = bytes(entry.dek)
+        if entry.messages >= self.max_messages:
+            self._drop(key)
+        return dek
 
     def _drop(self, key: _Key) -> None:
         entry = self._entries.pop(key)

@@ -348,3 +348,18 @@ def test_empty_context_header_memo_matches_the_writer() -> None:
     w = WrappedKey("memory", "memory:memo", "AES-256-GCM", os.urandom(60))
     with pytest.raises(ValueError, match="chunk_size"):
         encode_new_header(float(1 << 20), os.urandom(16), {}, [w])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "bad", [{"tenant": 7}, {"": "empty key"}, {3: "int key"}, ["not", "a", "mapping"]]
+)
+def test_the_encrypt_fast_path_checks_the_callers_context_as_the_general_path(bad: object) -> None:
+    kek = InMemoryKEK.generate("ctxcheck")
+    warmed = engine(kek)
+    warm(warmed, kek)  # the next encrypt to [kek] takes the fast path
+    fresh = Engine(registry=ProviderRegistry(), config=Config(), keys=[kek])  # general path
+    with pytest.raises((TypeError, ValueError)) as general:
+        fresh.encrypt(b"m", [kek], bad)  # type: ignore[arg-type]
+    with pytest.raises(type(general.value)) as fast:
+        warmed.encrypt(b"m", [kek], bad)  # type: ignore[arg-type]
+    assert str(fast.value) == str(general.value)
